@@ -1,0 +1,27 @@
+"""Keep columns derived from other rows right, on every write.
+
+The public API is what ``__all__`` lists; every other module is private.
+"""
+
+from typing import Any
+
+from .declarations import maintained_field
+from .modes import get_autoupdate_mode, override_autoupdate
+
+__all__ = [
+    "MaintainedModel",
+    "MaintainedModelMixin",
+    "get_autoupdate_mode",
+    "maintained_field",
+    "override_autoupdate",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The model base classes can only be defined once the app registry is
+    # loading, so they are imported on first use.
+    if name in ("MaintainedModel", "MaintainedModelMixin"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

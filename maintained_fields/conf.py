@@ -1,0 +1,86 @@
+"""The ``MAINTAINED_FIELDS`` setting: defaults, validation and a live read.
+
+django-appconf fills in the defaults and validates the setting once, at
+start-up.  Its value is fixed at import, so :func:`get_config` reads
+``settings.MAINTAINED_FIELDS`` again at each call and merges it with the
+defaults: ``override_settings(MAINTAINED_FIELDS={...})`` in a test takes
+effect, and a partial dict keeps the other defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from appconf import AppConf
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+MODES = ("immediate", "deferred", "disabled")
+
+DEFAULTS: dict[str, Any] = {
+    # The mode in force outside any override_autoupdate() scope.
+    "DEFAULT_MODE": "immediate",
+    # Rows loaded, recomputed and written per query.
+    "BATCH_SIZE": 500,
+}
+
+
+def validate(value: Any) -> dict[str, Any]:
+    """Return ``value`` merged over the defaults, or raise ImproperlyConfigured."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(
+            f"MAINTAINED_FIELDS must be a dict, not {type(value).__name__}."
+        )
+    unknown = sorted(set(value) - set(DEFAULTS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"MAINTAINED_FIELDS has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"the known keys are {', '.join(map(repr, DEFAULTS))}."
+        )
+    config = {**DEFAULTS, **value}
+    mode = config["DEFAULT_MODE"]
+    if mode == "deferred":
+        raise ImproperlyConfigured(
+            "MAINTAINED_FIELDS['DEFAULT_MODE'] cannot be 'deferred': deferred work "
+            "is flushed when its scope ends, and the default has no end. Use "
+            "override_autoupdate(mode='deferred') around the code that loads data."
+        )
+    if mode not in MODES:
+        raise ImproperlyConfigured(
+            f"MAINTAINED_FIELDS['DEFAULT_MODE'] is {mode!r}; "
+            "use 'immediate' or 'disabled'."
+        )
+    size = config["BATCH_SIZE"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ImproperlyConfigured(
+            f"MAINTAINED_FIELDS['BATCH_SIZE'] is {size!r}; use a positive integer."
+        )
+    return config
+
+
+class MaintainedFieldsConf(AppConf):
+    FIELDS: dict[str, Any] = {}
+
+    class Meta:
+        prefix = "maintained"
+
+    def configure_fields(self, value: Any) -> dict[str, Any]:
+        return validate(value)
+
+
+_cache: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+
+
+def get_config() -> dict[str, Any]:
+    """The ``MAINTAINED_FIELDS`` setting as it is now, merged over the defaults."""
+    global _cache
+    raw = getattr(settings, "MAINTAINED_FIELDS", None)
+    cache = _cache
+    if cache is not None and cache[0] is raw and cache[1] == raw:
+        return cache[2]
+    config = validate(raw)
+    _cache = (raw, dict(raw) if isinstance(raw, Mapping) else raw, config)
+    return config

@@ -1,0 +1,440 @@
+"""The dependency graph: which rows' changes mark which maintained fields.
+
+Every ``depends_on`` path becomes a :class:`Dependency`: a chain of hops from
+the maintained model (hop 0) to the rows the path reaches.  A change to a row
+at hop *k* marks the maintained rows ``Model.objects.filter(<path to k>=row)``.
+The graph is built once, when the app registry is ready; declarations that do
+not resolve are left out of it and reported by the system checks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+from django.db.models import ForeignObjectRel
+
+from .declarations import declarations_of
+
+OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
+
+
+@dataclass(frozen=True, eq=False)
+class Hop:
+    """One step of a path: the rows it reaches and which of their changes count."""
+
+    index: int
+    model: type[models.Model]  # concrete model of the rows at this hop
+    lookup: str  # ORM lookup from the maintained model to these rows ("" at hop 0)
+    kind: str  # OWN, FORWARD, REVERSE or M2M: how the previous hop reaches these rows
+    up_link: str | None  # REVERSE: attname on these rows pointing at the previous hop's row
+    m2m_field: models.ManyToManyField | None  # M2M: the field that declares the relation
+    m2m_forward: bool  # M2M: the previous hop's model declares m2m_field
+    triggers: frozenset[str] | None  # attnames whose change counts; None: any change
+
+
+@dataclass(frozen=True, eq=False)
+class Dependency:
+    spec: Spec
+    path: str
+    hops: tuple[Hop, ...]
+
+
+@dataclass(eq=False)
+class Spec:
+    """A resolved maintained field: the model, the field and the method computing it."""
+
+    model: type[models.Model]
+    field: models.Field
+    method_name: str
+    label: str | None
+    depends_on: tuple[str, ...]
+    deps: tuple[Dependency, ...] = ()
+    # Computed in save() before the write: every path is a field of the row itself.
+    own_row: bool = False
+    # The attnames an own-row spec reads; empty: recomputed on every save.
+    own_triggers: frozenset[str] = frozenset()
+
+    def compute(self, instance: models.Model) -> Any:
+        return getattr(instance, self.method_name)()
+
+    def __str__(self) -> str:
+        return f"{self.model._meta.label}.{self.field.name}"
+
+
+@dataclass(eq=False)
+class ModelNode:
+    """What the graph knows of one concrete model."""
+
+    model: type[models.Model]
+    own_row: tuple[Spec, ...] = ()
+    related: tuple[Spec, ...] = ()
+    edges: tuple[tuple[Dependency, Hop], ...] = ()
+    # Attnames read before an update, to tell what the write changes.
+    tracked: frozenset[str] = frozenset()
+    # Attnames of fields maintained from other rows: only the library writes them.
+    related_attnames: frozenset[str] = frozenset()
+
+
+@dataclass(eq=False)
+class Graph:
+    specs: tuple[Spec, ...] = ()
+    nodes: dict[type[models.Model], ModelNode] = field(default_factory=dict)
+    m2m: dict[type[models.Model], tuple[tuple[Dependency, Hop], ...]] = field(default_factory=dict)
+    # Groups of specs of one model, children before parents.
+    order: tuple[tuple[type[models.Model], tuple[Spec, ...]], ...] = ()
+    labels: frozenset[str] = frozenset()
+    errors: list[checks.CheckMessage] = field(default_factory=list)
+
+    def node(self, model: type[models.Model]) -> ModelNode | None:
+        return self.nodes.get(model._meta.concrete_model)
+
+    def select(self, targets: Iterable[str] = (), labels: Iterable[str] | None = None) -> list[Spec]:
+        """The specs of the models named ``app_label`` or ``app_label.Model``, in order.
+
+        Raises ValueError naming a target or label that matches nothing.
+        """
+        targets = list(targets)
+        chosen = [spec for _, group in self.order for spec in group]
+        for target in targets:
+            if not any(_matches(spec, target) for spec in chosen):
+                raise ValueError(
+                    f"{target!r} names no model with maintained fields; use app_label "
+                    "or app_label.ModelName."
+                )
+        if targets:
+            chosen = [s for s in chosen if any(_matches(s, t) for t in targets)]
+        if labels is not None:
+            labels = set(labels)
+            check_labels(labels, self)
+            chosen = [s for s in chosen if s.label in labels]
+        return chosen
+
+
+def _matches(spec: Spec, target: str) -> bool:
+    meta = spec.model._meta
+    if "." in target:
+        return target.lower() == meta.label_lower
+    return target == meta.app_label
+
+
+def check_labels(labels: Iterable[str], graph: Graph | None = None) -> None:
+    """Raise ValueError if a label is used by no maintained field."""
+    graph = graph or get_graph()
+    unknown = sorted(set(labels) - graph.labels)
+    if unknown:
+        known = ", ".join(map(repr, sorted(graph.labels))) or "none"
+        raise ValueError(
+            f"No maintained field has the label(s) {', '.join(map(repr, unknown))}; "
+            f"the labels in use are: {known}."
+        )
+
+
+class _PathError(Exception):
+    pass
+
+
+def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
+    """The hops of ``path`` from ``model``, or _PathError saying what is wrong."""
+    names = path.split("__")
+    steps: list[tuple[str, Any, type[models.Model], bool]] = []
+    terminal: models.Field | None = None
+    current = model
+    for position, name in enumerate(names):
+        try:
+            found = current._meta.get_field(name)
+        except FieldDoesNotExist:
+            raise _PathError(
+                f"{current._meta.label} has no field or relation {name!r}"
+            ) from None
+        by_attname = name != found.name and name == getattr(found, "attname", None)
+        if found.is_relation and not by_attname:
+            related = found.related_model
+            if related is None or not isinstance(found, (models.Field, ForeignObjectRel)):
+                raise _PathError(f"{name!r} is a generic relation, which depends_on cannot follow")
+            if isinstance(found, models.ManyToManyField):
+                steps.append((M2M, found, related, True))
+            elif isinstance(found, models.ManyToManyRel):
+                steps.append((M2M, found.field, related, False))
+            elif isinstance(found, ForeignObjectRel):
+                steps.append((REVERSE, found.field, related, False))
+            else:
+                steps.append((FORWARD, found, related, True))
+            current = related._meta.concrete_model
+        else:
+            if position != len(names) - 1:
+                raise _PathError(
+                    f"{name!r} is a field of {current._meta.label}, not a relation; "
+                    "only the last part of a path can be a field"
+                )
+            if not found.concrete:
+                raise _PathError(f"{name!r} of {current._meta.label} is not a database column")
+            terminal = found
+
+    def next_forward_link(position: int) -> set[str]:
+        if position < len(steps) and steps[position][0] == FORWARD:
+            return {steps[position][1].attname}
+        return set()
+
+    own = {terminal.attname} if terminal is not None and not steps else next_forward_link(0)
+    hops = [Hop(0, model, "", OWN, None, None, False, frozenset(own))]
+    for index, (kind, relation, related, forward) in enumerate(steps, start=1):
+        last = index == len(steps)
+        triggers: set[str] | None
+        if terminal is None:
+            triggers = None
+        else:
+            triggers = {terminal.attname} if last else set()
+            if kind == REVERSE:
+                triggers.add(relation.attname)
+            triggers |= next_forward_link(index)
+        hops.append(
+            Hop(
+                index=index,
+                model=related._meta.concrete_model,
+                lookup="__".join(names[:index]),
+                kind=kind,
+                up_link=relation.attname if kind == REVERSE else None,
+                m2m_field=relation if kind == M2M else None,
+                m2m_forward=kind == M2M and forward,
+                triggers=None if triggers is None else frozenset(triggers),
+            )
+        )
+    return tuple(hops)
+
+
+def _error(id: int, msg: str, obj: Any, hint: str | None = None) -> checks.Error:
+    return checks.Error(msg, hint=hint, obj=obj, id=f"maintained_fields.E{id:03d}")
+
+
+def mixin_problem(model: type[models.Model]) -> str | None:
+    """None if the model's save() runs the mixin's; else what is wrong."""
+    mro = model.__mro__
+    mixins = [k for k in mro if vars(k).get("_maintained_fields_mixin")]
+    if not mixins:
+        return "does not inherit from MaintainedModel or MaintainedModelMixin"
+    if mro.index(mixins[0]) > mro.index(models.Model):
+        return "lists MaintainedModelMixin after models.Model in its bases, so save() never reaches it"
+    return None
+
+
+def build(model_list: Iterable[type[models.Model]]) -> Graph:
+    """Resolve the declarations of ``model_list`` into a graph.
+
+    Declarations with an error are left out of the graph and their errors are
+    collected in ``Graph.errors`` for the system checks.
+    """
+    graph = Graph()
+    specs: list[Spec] = []
+    seen: dict[tuple[type[models.Model], str], str] = {}
+    for model in model_list:
+        meta = model._meta
+        if meta.abstract or meta.proxy:
+            continue
+        declared = declarations_of(model)
+        if not declared:
+            continue
+        problem = mixin_problem(model)
+        if problem:
+            graph.errors.append(
+                _error(
+                    5,
+                    f"{meta.label} has maintained fields but {problem}.",
+                    model,
+                    "Inherit from maintained_fields.MaintainedModel, or put "
+                    "MaintainedModelMixin first in the bases.",
+                )
+            )
+            continue
+        for method_name, declaration in declared.items():
+            spec = _spec(model, method_name, declaration, seen, graph.errors)
+            if spec is not None:
+                specs.append(spec)
+    _order(graph, specs)
+    _index(graph)
+    return graph
+
+
+def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
+    meta = model._meta
+    where = f"{meta.label}.{method_name}()"
+    try:
+        target = meta.get_field(declaration.field_name)
+    except FieldDoesNotExist:
+        errors.append(
+            _error(
+                1,
+                f"{where} maintains {declaration.field_name!r}, which is not a field of {meta.label}.",
+                model,
+                "Name a concrete field of the model in @maintained_field(...).",
+            )
+        )
+        return None
+    if not target.concrete or target.many_to_many or target.primary_key:
+        errors.append(
+            _error(
+                1,
+                f"{where} maintains {declaration.field_name!r}, which is not a column "
+                f"that can be written (a primary key, many-to-many or reverse relation).",
+                model,
+                "Maintain a concrete, non-primary-key field of the model.",
+            )
+        )
+        return None
+    key = (model, target.name)
+    if key in seen:
+        errors.append(
+            _error(
+                3,
+                f"{meta.label}.{target.name} is maintained by two methods: "
+                f"{seen[key]}() and {method_name}().",
+                model,
+                "Keep one @maintained_field method per field.",
+            )
+        )
+        return None
+    seen[key] = method_name
+    spec = Spec(model, target, method_name, declaration.label, declaration.depends_on)
+    deps = []
+    for path in declaration.depends_on:
+        try:
+            deps.append(Dependency(spec, path, _resolve(model, path)))
+        except _PathError as exc:
+            errors.append(
+                _error(
+                    2,
+                    f"{where} depends on {path!r}, which does not resolve: {exc}.",
+                    model,
+                    "Write depends_on paths in lookup syntax from this model, "
+                    "e.g. 'samples', 'study__lab' or 'samples__weight'.",
+                )
+            )
+            return None
+    spec.deps = tuple(deps)
+    spec.own_row = all(len(dep.hops) == 1 for dep in deps)
+    if spec.own_row:
+        spec.own_triggers = frozenset().union(*(dep.hops[0].triggers for dep in deps))
+    return spec
+
+
+def _order(graph: Graph, specs: list[Spec]) -> None:
+    """Put specs in dependency order, children first; report cycles."""
+    by_model: dict[type[models.Model], list[Spec]] = defaultdict(list)
+    for spec in specs:
+        by_model[spec.model].append(spec)
+    feeds: dict[Spec, set[Spec]] = {spec: set() for spec in specs}
+    for spec in specs:
+        for dep in spec.deps:
+            for hop in dep.hops:
+                for source in by_model.get(hop.model, ()):
+                    if hop.triggers is None or source.field.attname in hop.triggers:
+                        feeds[source].add(spec)
+    waiting = {spec: 0 for spec in specs}
+    for targets in feeds.values():
+        for target in targets:
+            waiting[target] += 1
+    layer = [spec for spec in specs if waiting[spec] == 0]
+    order = []
+    while layer:
+        groups: dict[type[models.Model], list[Spec]] = {}
+        for spec in layer:
+            groups.setdefault(spec.model, []).append(spec)
+        order.extend((model, tuple(group)) for model, group in groups.items())
+        following = []
+        for spec in layer:
+            for target in feeds[spec]:
+                waiting[target] -= 1
+                if waiting[target] == 0:
+                    following.append(target)
+        layer = following
+    ordered = {spec for _, group in order for spec in group}
+    cyclic = [spec for spec in specs if spec not in ordered]
+    if cyclic:
+        cycle = _find_cycle(cyclic, feeds)
+        graph.errors.append(
+            _error(
+                4,
+                "Maintained fields depend on each other in a cycle: "
+                + " -> ".join(map(str, cycle))
+                + ".",
+                cycle[0].model,
+                "Break the cycle. A path ending in a relation (depends_on=['study']) "
+                "counts every change to the related rows, including the maintained "
+                "values written there; end it with the field the method reads "
+                "(depends_on=['study__name']).",
+            )
+        )
+    graph.specs = tuple(spec for _, group in order for spec in group)
+    graph.order = tuple(order)
+    graph.labels = frozenset(s.label for s in graph.specs if s.label is not None)
+
+
+def _find_cycle(left: list[Spec], feeds: dict[Spec, set[Spec]]) -> list[Spec]:
+    """One cycle among the specs that the topological sort left over."""
+    remaining = set(left)
+    pruned = True
+    while pruned:  # drop specs that only lead out of the cycles
+        pruned = False
+        for spec in list(remaining):
+            if not feeds[spec] & remaining:
+                remaining.discard(spec)
+                pruned = True
+    path = [min(remaining, key=str)]
+    seen = {path[0]: 0}
+    while True:
+        following = min(feeds[path[-1]] & remaining, key=str)
+        if following in seen:
+            return path[seen[following]:] + [following]
+        seen[following] = len(path)
+        path.append(following)
+
+
+def _index(graph: Graph) -> None:
+    nodes: dict[type[models.Model], ModelNode] = {}
+    edges: dict[type[models.Model], list[tuple[Dependency, Hop]]] = defaultdict(list)
+    m2m: dict[type[models.Model], list[tuple[Dependency, Hop]]] = defaultdict(list)
+    for spec in graph.specs:
+        node = nodes.setdefault(spec.model, ModelNode(spec.model))
+        if spec.own_row:
+            node.own_row += (spec,)
+        else:
+            node.related += (spec,)
+            node.related_attnames |= {spec.field.attname}
+        for dep in spec.deps:
+            for hop in dep.hops:
+                edges[hop.model].append((dep, hop))
+                if hop.kind == M2M:
+                    m2m[hop.m2m_field.remote_field.through._meta.concrete_model].append((dep, hop))
+    for model, model_edges in edges.items():
+        node = nodes.setdefault(model, ModelNode(model))
+        node.edges = tuple(model_edges)
+        node.tracked = frozenset().union(
+            *(
+                hop.triggers
+                for dep, hop in model_edges
+                if hop.triggers is not None and not (hop.index == 0 and dep.spec.own_row)
+            )
+        )
+    graph.nodes = nodes
+    graph.m2m = {through: tuple(found) for through, found in m2m.items()}
+
+
+_graph: Graph | None = None
+
+
+def load() -> Graph:
+    """Build the graph from every installed model and make it the current one."""
+    global _graph
+    _graph = build(apps.get_models())
+    return _graph
+
+
+def get_graph() -> Graph:
+    """The graph of the installed models, built on first use."""
+    return _graph if _graph is not None else load()

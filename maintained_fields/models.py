@@ -1,0 +1,37 @@
+"""The model base classes whose ``save()`` keeps maintained fields right."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from . import propagation
+
+_SAVE_ARGUMENTS = ("force_insert", "force_update", "using", "update_fields")
+
+
+class MaintainedModelMixin:
+    """Keeps a model's ``@maintained_field`` methods' fields right on save.
+
+    For a model that already has another base: put the mixin first,
+    ``class Study(MaintainedModelMixin, TimeStampedModel)``.
+
+    ``save()`` computes the fields that read only the row itself before the
+    write (widening ``update_fields`` when given), never writes back a stale
+    copy of a field maintained from other rows, and then updates what depends
+    on the row, as the autoupdate mode in force says.
+    """
+
+    _maintained_fields_mixin = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(zip(_SAVE_ARGUMENTS, args))
+        propagation.save_instance(self, super().save, kwargs)  # type: ignore[misc]
+
+
+class MaintainedModel(MaintainedModelMixin, models.Model):
+    """Abstract base for models with ``@maintained_field`` methods."""
+
+    class Meta:
+        abstract = True

@@ -1,0 +1,271 @@
+"""The autoupdate mode in force here and now, and ``override_autoupdate``.
+
+Overrides live on a stack of immutable scopes in a :class:`~contextvars.ContextVar`:
+
+* each thread starts with an empty stack, so it runs in the settings default,
+  whatever the thread that started it had in force;
+* each asyncio task runs in a copy of its creator's context: it sees the
+  overrides in force when it was created, and its own overrides are its own;
+* ``sync_to_async`` and ``async_to_sync`` run the other side in the caller's
+  context, so the code there sees the caller's mode, and its saves join the
+  caller's deferred buffer;
+* a scope is pushed on entry and popped on exit, exception or not; the
+  override object keeps no per-call state, so one decorated function can run
+  in many threads and tasks at once.
+
+A generator that yields inside a scope lends the scope to whoever consumes it
+until the generator resumes; no context manager can prevent that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import unittest
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
+
+from . import propagation
+from .conf import MODES, get_config
+from .graph import check_labels
+
+IMMEDIATE, DEFERRED, DISABLED = MODES
+
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, eq=False)
+class Scope:
+    owner: override_autoupdate | None
+    mode: str
+    labels: frozenset[str] | None
+    buffer: propagation.Buffer | None
+    owns_buffer: bool
+
+
+_scopes: ContextVar[tuple[Scope, ...]] = ContextVar("maintained_fields_scopes", default=())
+
+
+def current_scope() -> Scope:
+    """The innermost scope here, or one made from the settings default."""
+    scopes = _scopes.get()
+    if scopes:
+        return scopes[-1]
+    return Scope(None, get_config()["DEFAULT_MODE"], None, None, False)
+
+
+def get_autoupdate_mode() -> str:
+    """Return the mode in force here and now: ``"immediate"``, ``"deferred"`` or ``"disabled"``."""
+    scopes = _scopes.get()
+    return scopes[-1].mode if scopes else get_config()["DEFAULT_MODE"]
+
+
+class override_autoupdate:
+    """Change how maintained fields are kept for a block of code.
+
+    Use it as ``with``/``async with`` block, or to decorate a function, a
+    coroutine function or a ``unittest.TestCase`` class (every test, and
+    ``setUpClass`` with ``setUpTestData``)::
+
+        with override_autoupdate(mode="deferred"):
+            load_spreadsheet(path)
+
+    ``mode`` is ``"immediate"``, ``"deferred"`` or ``"disabled"``; None keeps
+    the mode in force.  ``labels`` limits maintenance in the scope to the
+    maintained fields with one of these labels; the others behave as disabled.
+    ``disable_when`` names a keyword argument of the decorated function: a call
+    where it is truthy (``dry_run=True``) runs with the mode ``"disabled"``.
+
+    A deferred scope records which rows changed and recomputes each affected
+    row once when it exits, unless it is directly inside another deferred
+    scope, whose buffer it joins.  On an exception the recorded work is
+    flushed at once outside a transaction, or on commit inside one; the
+    exception propagates unchanged.
+    """
+
+    def __init__(
+        self,
+        mode: str | None = None,
+        *,
+        labels: Iterable[str] | str | None = None,
+        disable_when: str | None = None,
+    ) -> None:
+        if mode is not None and mode not in MODES:
+            raise ValueError(
+                f"override_autoupdate(mode={mode!r}): the mode must be one of "
+                f"{', '.join(map(repr, MODES))}, or None to keep the current mode."
+            )
+        if isinstance(labels, str):
+            labels = (labels,)
+        if labels is not None:
+            labels = frozenset(labels)
+            if not labels or not all(isinstance(label, str) for label in labels):
+                raise ValueError(
+                    "override_autoupdate(labels=...) takes one or more label strings; "
+                    "to maintain nothing, use mode='disabled'."
+                )
+        if disable_when is not None and not (isinstance(disable_when, str) and disable_when.isidentifier()):
+            raise ValueError(
+                "override_autoupdate(disable_when=...) takes the name of a keyword "
+                f"argument, such as 'dry_run', not {disable_when!r}."
+            )
+        self.mode = mode
+        self.labels: frozenset[str] | None = labels
+        self.disable_when = disable_when
+
+    def __repr__(self) -> str:
+        return f"override_autoupdate(mode={self.mode!r}, labels={self.labels!r})"
+
+    # Entering and leaving: all per-call state goes on the context's stack.
+
+    def _push(self, mode: str | None) -> None:
+        parent = current_scope()
+        if self.labels is not None:
+            check_labels(self.labels)
+        mode = mode or parent.mode
+        labels = self.labels if self.labels is not None else parent.labels
+        buffer, owns = None, False
+        if mode == DEFERRED:
+            if parent.mode == DEFERRED and parent.buffer is not None:
+                buffer = parent.buffer
+            else:
+                buffer, owns = propagation.Buffer(), True
+        _scopes.set(_scopes.get() + (Scope(self, mode, labels, buffer, owns),))
+
+    def _pop(self) -> Scope:
+        scopes = _scopes.get()
+        if not scopes or scopes[-1].owner is not self:
+            raise RuntimeError(
+                f"{self!r} is exiting, but it is not the innermost override here: "
+                "scopes must exit in the reverse order of entry, in the thread or "
+                "task that entered them."
+            )
+        _scopes.set(scopes[:-1])
+        return scopes[-1]
+
+    def _exit(self, exc: BaseException | None) -> None:
+        scope = self._pop()
+        if not (scope.owns_buffer and scope.buffer):
+            return
+        if _in_event_loop():
+            message = (
+                f"{self!r} ended with {len(scope.buffer)} pending update(s) inside a "
+                "running event loop, where the database cannot be used synchronously. "
+                "Use 'async with override_autoupdate(...)' or decorate the coroutine "
+                "function; run rebuild_maintained_fields to repair these rows."
+            )
+            if exc is None:
+                raise SynchronousOnlyOperation(message)
+            propagation.logger.error(message)
+            return
+        propagation.finish(scope.buffer, exc)
+
+    async def _aexit(self, exc: BaseException | None) -> None:
+        scope = self._pop()
+        if scope.owns_buffer and scope.buffer:
+            await sync_to_async(propagation.finish, thread_sensitive=True)(scope.buffer, exc)
+
+    def _mode_for_call(self, kwargs: dict[str, Any]) -> str | None:
+        if self.disable_when is not None and kwargs.get(self.disable_when):
+            return DISABLED
+        return self.mode
+
+    def _no_disable_when(self) -> None:
+        if self.disable_when is not None:
+            raise TypeError(
+                "override_autoupdate(disable_when=...) reads the decorated function's "
+                "keyword arguments, so it works only as a decorator."
+            )
+
+    def __enter__(self) -> override_autoupdate:
+        self._no_disable_when()
+        self._push(self.mode)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> override_autoupdate:
+        self._no_disable_when()
+        self._push(self.mode)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        await self._aexit(exc)
+
+    # Decorating.
+
+    def __call__(self, decorated: Decorated) -> Decorated:
+        if isinstance(decorated, type):
+            return self._decorate_class(decorated)
+        if not callable(decorated):
+            raise TypeError(f"override_autoupdate cannot decorate {decorated!r}.")
+        if iscoroutinefunction(decorated):
+
+            @functools.wraps(decorated)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                self._push(self._mode_for_call(kwargs))
+                try:
+                    result = await decorated(*args, **kwargs)
+                except BaseException as exc:
+                    await self._aexit(exc)
+                    raise
+                await self._aexit(None)
+                return result
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(decorated)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self._push(self._mode_for_call(kwargs))
+            try:
+                result = decorated(*args, **kwargs)
+            except BaseException as exc:
+                self._exit(exc)
+                raise
+            self._exit(None)
+            return result
+
+        return run  # type: ignore[return-value]
+
+    def _decorate_class(self, cls: type) -> type:
+        if not issubclass(cls, unittest.TestCase):
+            raise TypeError(
+                f"override_autoupdate can decorate functions, coroutine functions and "
+                f"unittest.TestCase classes, not {cls.__qualname__}."
+            )
+        self._no_disable_when()
+        override = self
+        set_up_class = cls.setUpClass.__func__  # type: ignore[attr-defined]
+        set_up = cls.setUp
+
+        def setUpClass(klass: type) -> None:
+            override._push(override.mode)
+            try:
+                set_up_class(klass)
+            except BaseException as exc:
+                override._exit(exc)
+                raise
+            override._exit(None)
+
+        def setUp(test: unittest.TestCase) -> None:
+            override._push(override.mode)
+            test.addCleanup(override._exit, None)
+            set_up(test)
+
+        cls.setUpClass = classmethod(setUpClass)  # type: ignore[assignment]
+        cls.setUp = setUp  # type: ignore[method-assign]
+        return cls
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

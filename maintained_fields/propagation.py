@@ -1,0 +1,450 @@
+"""What to recompute when a row changes, and when.
+
+A write is turned into *records*: ``{(dependency, hop index): {primary keys}}``,
+the rows at that hop whose dependents must be recomputed.  In immediate mode
+the records are processed at once; in deferred mode they go into the scope's
+:class:`Buffer` and are processed when the scope ends.  Recording reads only
+the row in hand (and, for an update, its previous values), so it costs the
+same for the first row of a load as for the ten-thousandth.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from django.db import connections, models, router, transaction
+from django.db.models import signals
+
+from . import modes
+from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph, mixin_problem
+from .writes import normalize, recompute, resolve
+
+logger = logging.getLogger("maintained_fields")
+
+Records = dict[tuple[Dependency, int], set[Any]]
+
+_OLD = "_maintained_fields_old"
+_CLEARED = "_maintained_fields_cleared"
+_DELETING = "_maintained_fields_deleting"
+
+
+def merge(into: Records, records: Records) -> None:
+    for key, pks in records.items():
+        existing = into.get(key)
+        if existing is None:
+            into[key] = set(pks)
+        else:
+            existing |= pks
+
+
+def process(
+    db: str,
+    labels: frozenset[str] | None,
+    records: Records,
+    *,
+    seeds: dict[Spec, Any] | None = None,
+    instances: tuple[models.Model, ...] = (),
+) -> None:
+    """Recompute every maintained value that ``records`` reach, in one transaction.
+
+    Groups of maintained fields are processed in dependency order, so a row
+    whose value feeds another's is written before the other is computed, and
+    each affected row is recomputed once.  ``seeds`` adds rows to recompute
+    for given specs; ``instances`` are in-memory objects to update with the
+    values written to their rows.
+    """
+    graph = get_graph()
+    pending: Records = {}
+    merge(pending, records)
+    seeds = dict(seeds or {})
+    in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
+    with transaction.atomic(using=db, savepoint=False):
+        for model, specs in graph.order:
+            if not pending and not seeds:
+                break
+            targets: dict[Any, set[Spec]] = {}
+            for spec in specs:
+                if labels is not None and spec.label not in labels:
+                    continue
+                for pk in seeds.pop(spec, ()):
+                    targets.setdefault(pk, set()).add(spec)
+                for dep in spec.deps:
+                    for hop in dep.hops:
+                        pks = pending.pop((dep, hop.index), None)
+                        if pks:
+                            for pk in resolve(dep, hop.index, pks, db):
+                                targets.setdefault(pk, set()).add(spec)
+            if not targets:
+                continue
+            node = graph.nodes[model]
+            changed = recompute(model, targets, db)
+            for instance, old in changed:
+                merge(pending, records_for(node, instance, labels=labels, created=False, changed=frozenset(old), old=old))
+                mine = in_memory.get((model, instance.pk))
+                if mine is not None:
+                    for attname in old:
+                        setattr(mine, attname, getattr(instance, attname))
+            logger.debug(
+                "Recomputed %s of %d %s row(s) on %r: %d changed.",
+                ", ".join(spec.field.name for spec in specs),
+                len(targets),
+                model._meta.label,
+                db,
+                len(changed),
+            )
+
+
+class Buffer:
+    """The changes recorded in a deferred scope, by database and label filter.
+
+    Thread-safe: code run through ``sync_to_async`` records into the buffer of
+    the scope it was called from.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._work: dict[tuple[str, frozenset[str] | None], Records] = {}
+        self._closed = False
+
+    def add(self, db: str, labels: frozenset[str] | None, records: Records) -> bool:
+        """Record ``records``; False if the scope has already ended."""
+        with self._lock:
+            if self._closed:
+                return False
+            merge(self._work.setdefault((db, labels), {}), records)
+        return True
+
+    def take(self) -> dict[tuple[str, frozenset[str] | None], Records]:
+        """Empty and close the buffer, returning what it held."""
+        with self._lock:
+            work, self._work, self._closed = self._work, {}, True
+        return work
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(pks) for records in self._work.values() for pks in records.values())
+
+
+def finish(buffer: Buffer, exc: BaseException | None) -> None:
+    """Flush a deferred scope's buffer as it ends.
+
+    On a normal exit the work is processed now, and an error in it is raised.
+    While ``exc`` propagates, the work is processed now outside a transaction,
+    or on commit inside one (so that a rollback discards it), and an error in
+    it is logged, never raised over ``exc``.
+    """
+    first_error: BaseException | None = None
+    for (db, labels), records in buffer.take().items():
+        if exc is None and first_error is None:
+            try:
+                process(db, labels, records)
+            except BaseException as error:
+                first_error = error
+        elif exc is not None and connections[db].in_atomic_block:
+            transaction.on_commit(partial(_process_logged, db, labels, records), using=db)
+        else:
+            _process_logged(db, labels, records)
+    if first_error is not None:
+        raise first_error
+
+
+def _process_logged(db: str, labels: frozenset[str] | None, records: Records) -> None:
+    try:
+        process(db, labels, records)
+    except Exception:
+        logger.exception(
+            "Deferred maintained-field updates on database %r failed; run "
+            "rebuild_maintained_fields to repair the affected rows.",
+            db,
+        )
+
+
+def _dispatch(
+    scope: modes.Scope,
+    db: str,
+    records: Records,
+    instances: tuple[models.Model, ...] = (),
+) -> None:
+    if not records:
+        return
+    if scope.mode == modes.DEFERRED and scope.buffer is not None and scope.buffer.add(db, scope.labels, records):
+        return
+    process(db, scope.labels, records, instances=instances)
+
+
+def records_for(
+    node: ModelNode,
+    instance: models.Model,
+    *,
+    labels: frozenset[str] | None,
+    created: bool,
+    changed: frozenset[str] | None,
+    old: dict[str, Any] | None,
+    own_row_done: bool = False,
+) -> Records:
+    """The records for a write of ``instance``.
+
+    ``changed`` holds the attnames the write changed, or None when unknown
+    (every trigger counts); ``old`` the values the row had before it.
+    """
+    records: Records = {}
+    for dep, hop in node.edges:
+        if labels is not None and dep.spec.label not in labels:
+            continue
+        if hop.index == 0 and own_row_done and dep.spec.own_row:
+            continue
+        if not created and hop.triggers is not None:
+            if changed is None:
+                if not hop.triggers:
+                    continue
+            elif not hop.triggers & changed:
+                continue
+        if hop.kind == REVERSE:
+            values = {getattr(instance, hop.up_link)}
+            if old is not None and hop.up_link in old:
+                values.add(old[hop.up_link])
+            values.discard(None)
+            if values:
+                records.setdefault((dep, hop.index - 1), set()).update(values)
+        elif instance.pk is not None:
+            records.setdefault((dep, hop.index), set()).add(instance.pk)
+    return records
+
+
+# Saves.
+
+
+def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
+    """``MaintainedModelMixin.save()``: compute own-row fields, write, propagate."""
+    scope = modes.current_scope()
+    node = get_graph().node(type(instance))
+    update_fields = kwargs.get("update_fields")
+    if scope.mode == modes.DISABLED or node is None or (update_fields is not None and not update_fields):
+        return save(**kwargs)
+    meta = instance._meta
+    written = None
+    if update_fields is not None:
+        written = frozenset(meta.get_field(name).attname for name in update_fields)
+    for spec in node.own_row:
+        if scope.labels is not None and spec.label not in scope.labels:
+            continue
+        if spec.own_triggers and written is not None and not spec.own_triggers & written:
+            continue
+        setattr(instance, spec.field.attname, _normalized(spec, instance))
+        if written is not None and spec.field.attname not in written:
+            written |= {spec.field.attname}
+            kwargs["update_fields"] = [*update_fields, spec.field.name]
+            update_fields = kwargs["update_fields"]
+    using = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
+    if scope.mode == modes.IMMEDIATE:
+        with transaction.atomic(using=using, savepoint=False):
+            _save_and_record(instance, save, kwargs, node, scope, using, written)
+    else:
+        _save_and_record(instance, save, kwargs, node, scope, using, written)
+
+
+def _save_and_record(instance, save, kwargs, node, scope, using, written) -> None:
+    adding = instance._state.adding
+    old = _read_before(instance, node, using, written, refresh=True)
+    save(**kwargs)
+    records = records_for(
+        node,
+        instance,
+        labels=scope.labels,
+        created=adding or old == {},
+        changed=_changed(instance, node, written, old),
+        old=old,
+        own_row_done=True,
+    )
+    _dispatch(scope, using, records, (instance,))
+
+
+def _read_before(
+    instance: models.Model,
+    node: ModelNode,
+    using: str,
+    written: frozenset[str] | None,
+    refresh: bool,
+) -> dict[str, Any] | None:
+    """The tracked values the row holds before an update: {} if there is no row,
+    None if nothing needed reading.
+
+    With ``refresh``, the instance's copies of fields maintained from other
+    rows are replaced by the database's, so that a stale instance never writes
+    an old value back.
+    """
+    if instance.pk is None:
+        return None
+    if instance._state.adding and (instance._meta.pk.has_default() or instance._meta.pk.db_default is not models.NOT_PROVIDED):
+        return None
+    columns = node.tracked | (node.related_attnames if refresh else frozenset())
+    if written is not None:
+        columns &= written
+    if not columns:
+        return None
+    row = (
+        models.QuerySet(node.model, using=using)
+        .filter(pk=instance.pk)
+        .values(*columns)
+        .first()
+    )
+    if row is None:
+        return {}
+    if refresh:
+        for attname in node.related_attnames & columns:
+            setattr(instance, attname, row[attname])
+    return row
+
+
+def _changed(
+    instance: models.Model,
+    node: ModelNode,
+    written: frozenset[str] | None,
+    old: dict[str, Any] | None,
+) -> frozenset[str]:
+    candidates = node.tracked if written is None else node.tracked & written
+    if not old:
+        return candidates
+    return frozenset(a for a in candidates if a not in old or old[a] != getattr(instance, a))
+
+
+def _normalized(spec: Spec, instance: models.Model) -> Any:
+    return normalize(spec, spec.compute(instance))
+
+
+def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
+    if raw:
+        return
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    node = get_graph().node(sender)
+    written = None if update_fields is None else frozenset(instance._meta.get_field(f).attname for f in update_fields)
+    instance.__dict__[_OLD] = (instance._state.adding, written, _read_before(instance, node, using, written, refresh=False))
+
+
+def _post_save(sender, instance, created, raw, using, **kwargs) -> None:
+    state = instance.__dict__.pop(_OLD, None)
+    if raw or state is None:
+        return
+    scope = modes.current_scope()
+    node = get_graph().node(sender)
+    adding, written, old = state
+    records = records_for(
+        node,
+        instance,
+        labels=scope.labels,
+        created=created or adding,
+        changed=_changed(instance, node, written, old),
+        old=old,
+    )
+    _dispatch(scope, using, records)
+
+
+# Deletes: the rows that depend on a deleted row are found before the delete,
+# and recomputed after the last row of the same delete() call is gone.
+
+
+class _PendingDelete:
+    def __init__(self, scope: modes.Scope) -> None:
+        self.scope = scope
+        self.count = 0
+        self.records: Records = {}
+
+
+def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    node = get_graph().node(sender)
+    holder = origin if origin is not None else instance
+    pending = holder.__dict__.setdefault(_DELETING, _PendingDelete(scope))
+    pending.count += 1
+    fresh: dict[str, Any] | None = None
+    if holder is instance:
+        up_links = {hop.up_link for _, hop in node.edges if hop.kind == REVERSE}
+        if up_links:
+            fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*up_links).first()
+    records: Records = {}
+    for dep, hop in node.edges:
+        if hop.index == 0 or (scope.labels is not None and dep.spec.label not in scope.labels):
+            continue
+        if hop.kind == REVERSE and hop.index == 1:
+            value = fresh[hop.up_link] if fresh else getattr(instance, hop.up_link)
+            if value is not None:
+                records.setdefault((dep, 0), set()).add(value)
+        else:
+            targets = resolve(dep, hop.index, {instance.pk}, using)
+            if targets:
+                records.setdefault((dep, 0), set()).update(targets)
+    merge(pending.records, records)
+
+
+def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
+    holder = origin if origin is not None else instance
+    pending = holder.__dict__.get(_DELETING)
+    if pending is None:
+        return
+    pending.count -= 1
+    if pending.count == 0:
+        del holder.__dict__[_DELETING]
+        _dispatch(pending.scope, using, pending.records)
+
+
+# Many-to-many changes: the rows on the previous hop's side of the relation
+# gained or lost related rows.
+
+
+def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs) -> None:
+    if action not in ("post_add", "post_remove", "pre_clear", "post_clear"):
+        return
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    edges = get_graph().m2m.get(sender._meta.concrete_model, ())
+    if action == "pre_clear":
+        field = edges[0][1].m2m_field
+        mine, theirs = field.m2m_field_name(), field.m2m_reverse_field_name()
+        if reverse:
+            mine, theirs = theirs, mine
+        instance.__dict__[_CLEARED] = set(
+            models.QuerySet(sender, using=using).filter(**{mine: instance.pk}).values_list(theirs, flat=True)
+        )
+        return
+    if action == "post_clear":
+        pk_set = instance.__dict__.pop(_CLEARED, set())
+    records: Records = {}
+    for dep, hop in edges:
+        if scope.labels is not None and dep.spec.label not in scope.labels:
+            continue
+        # The instance is on the declaring side when the signal is not reversed.
+        rows = {instance.pk} if hop.m2m_forward != reverse else pk_set
+        if rows:
+            records.setdefault((dep, hop.index - 1), set()).update(rows)
+    _dispatch(scope, using, records)
+
+
+def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
+    """Connect the signal receivers that the graph needs, to each model and its proxies.
+
+    A model whose save() runs MaintainedModelMixin's is handled there; the
+    others (plain models that maintained fields depend on) through signals.
+    """
+    for model, node in graph.nodes.items():
+        if not node.edges:
+            continue
+        for sender in [m for m in all_models if m._meta.concrete_model is model]:
+            uid = f"maintained_fields:{sender._meta.label}"
+            if mixin_problem(model) is not None:
+                signals.pre_save.connect(_pre_save, sender=sender, dispatch_uid=uid)
+                signals.post_save.connect(_post_save, sender=sender, dispatch_uid=uid)
+            if any(hop.index > 0 for _, hop in node.edges):
+                signals.pre_delete.connect(_pre_delete, sender=sender, dispatch_uid=uid)
+                signals.post_delete.connect(_post_delete, sender=sender, dispatch_uid=uid)
+    for through in graph.m2m:
+        uid = f"maintained_fields:{through._meta.label}"
+        signals.m2m_changed.connect(_m2m_changed, sender=through, dispatch_uid=uid)

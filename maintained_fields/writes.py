@@ -1,0 +1,124 @@
+"""Recompute maintained values and write the ones that changed, in batches.
+
+Values are written with ``UPDATE`` statements on a plain QuerySet, never
+through ``save()``, and only where the computed value, converted as the field
+converts it, differs from the stored one.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from .conf import get_config
+from .graph import Dependency, Spec
+
+T = TypeVar("T")
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def normalize(spec: Spec, value: Any) -> Any:
+    """``value`` as the field stores it, so that it compares equal to what the
+    database gives back (a pk for a relation, a quantized Decimal, an aware
+    datetime under USE_TZ)."""
+    field = spec.field
+    if isinstance(value, models.Model) and field.is_relation:
+        return value.pk
+    if value is None:
+        return None
+    try:
+        converted = field.to_python(value)
+        if isinstance(field, models.DecimalField) and converted.is_finite():
+            context = decimal.Context(prec=field.max_digits, traps=[decimal.InvalidOperation])
+            converted = converted.quantize(decimal.Decimal(1).scaleb(-field.decimal_places), context=context)
+    except (ValidationError, decimal.InvalidOperation) as exc:
+        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else (
+            f"it has more than {field.max_digits} digits"
+        )
+        raise ValueError(
+            f"{spec.model.__name__}.{spec.method_name}() returned {value!r}, which "
+            f"{spec} ({type(field).__name__}) cannot store: {reason}."
+        ) from None
+    value = converted
+    if isinstance(field, models.DateTimeField) and settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value
+
+
+def compute(instance: models.Model, specs: Iterable[Spec]) -> dict[str, tuple[Any, Any]]:
+    """{attname: (stored, computed)} for the specs whose value differs."""
+    differences = {}
+    for spec in specs:
+        attname = spec.field.attname
+        stored = getattr(instance, attname)
+        computed = normalize(spec, spec.compute(instance))
+        if computed != stored:
+            differences[attname] = (stored, computed)
+    return differences
+
+
+def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str) -> set[Any]:
+    """The primary keys of the maintained rows that reach ``pks`` at hop ``index``."""
+    if index == 0:
+        return set(pks)
+    lookup = f"{dep.hops[index].lookup}__in"
+    found: set[Any] = set()
+    for batch in chunks(pks, get_config()["BATCH_SIZE"]):
+        found.update(
+            models.QuerySet(dep.spec.model, using=db)
+            .filter(**{lookup: batch})
+            .values_list("pk", flat=True)
+        )
+    return found
+
+
+def recompute(
+    model: type[models.Model], targets: dict[Any, set[Spec]], db: str
+) -> list[tuple[models.Model, dict[str, Any]]]:
+    """Recompute the given specs of the given rows and write what changed.
+
+    Returns each changed row with its previous values, by attname.  Rows that
+    no longer exist are skipped.
+    """
+    size = get_config()["BATCH_SIZE"]
+    changed: list[tuple[models.Model, dict[str, Any]]] = []
+    for batch in chunks(sorted(targets), size):
+        groups: dict[frozenset[str], list[models.Model]] = {}
+        for instance in models.QuerySet(model, using=db).filter(pk__in=batch):
+            differences = compute(instance, targets[instance.pk])
+            if not differences:
+                continue
+            for attname, (_, value) in differences.items():
+                setattr(instance, attname, value)
+            groups.setdefault(frozenset(differences), []).append(instance)
+            changed.append((instance, {a: stored for a, (stored, _) in differences.items()}))
+        for attnames, instances in groups.items():
+            write(model, db, instances, sorted(attnames), size)
+    return changed
+
+
+def write(
+    model: type[models.Model], db: str, instances: list[models.Model], attnames: list[str], size: int
+) -> None:
+    queryset = models.QuerySet(model, using=db)
+    if len(instances) == 1:
+        instance = instances[0]
+        queryset.filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
+    else:
+        queryset.bulk_update(instances, attnames, batch_size=size)
