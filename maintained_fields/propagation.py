@@ -225,31 +225,33 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     update_fields = kwargs.get("update_fields")
     if scope.mode == modes.DISABLED or node is None or (update_fields is not None and not update_fields):
         return save(**kwargs)
-    meta = instance._meta
     written = None
     if update_fields is not None:
-        written = frozenset(meta.get_field(name).attname for name in update_fields)
-    for spec in node.own_row:
-        if scope.labels is not None and spec.label not in scope.labels:
-            continue
-        if spec.own_triggers and written is not None and not spec.own_triggers & written:
-            continue
-        setattr(instance, spec.field.attname, _normalized(spec, instance))
-        if written is not None and spec.field.attname not in written:
-            written |= {spec.field.attname}
-            kwargs["update_fields"] = [*update_fields, spec.field.name]
-            update_fields = kwargs["update_fields"]
+        written = frozenset(instance._meta.get_field(name).attname for name in update_fields)
+    own_row = [
+        spec
+        for spec in node.own_row
+        if (scope.labels is None or spec.label in scope.labels)
+        and (not spec.own_triggers or written is None or spec.own_triggers & written)
+    ]
+    if written is not None:
+        added = [spec.field.name for spec in own_row if spec.field.attname not in written]
+        if added:
+            kwargs["update_fields"] = [*update_fields, *added]
+            written |= {spec.field.attname for spec in own_row}
     using = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
     if scope.mode == modes.IMMEDIATE:
         with transaction.atomic(using=using, savepoint=False):
-            _save_and_record(instance, save, kwargs, node, scope, using, written)
+            _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     else:
-        _save_and_record(instance, save, kwargs, node, scope, using, written)
+        _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
 
 
-def _save_and_record(instance, save, kwargs, node, scope, using, written) -> None:
+def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True)
+    for spec in own_row:
+        setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
     save(**kwargs)
     records = records_for(
         node,
@@ -310,10 +312,6 @@ def _changed(
     if not old:
         return candidates
     return frozenset(a for a in candidates if a not in old or old[a] != getattr(instance, a))
-
-
-def _normalized(spec: Spec, instance: models.Model) -> Any:
-    return normalize(spec, spec.compute(instance))
 
 
 def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:

@@ -122,3 +122,20 @@ def write(
         queryset.filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
     else:
         queryset.bulk_update(instances, attnames, batch_size=size)
+
+
+def batches(queryset: models.QuerySet, size: int) -> Iterator[list[Any]]:
+    """The rows of ``queryset`` in primary-key order, ``size`` at a time.
+
+    Each batch is its own query (keyset pagination), so writing between
+    batches is safe and memory stays bounded.
+    """
+    last = None
+    queryset = queryset.order_by("pk")
+    while True:
+        page = queryset if last is None else queryset.filter(pk__gt=last)
+        batch = list(page[:size])
+        if not batch:
+            return
+        yield batch
+        last = batch[-1].pk if isinstance(batch[-1], models.Model) else batch[-1]

@@ -1,0 +1,40 @@
+"""What the maintained-fields commands share: choosing the fields to visit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.core.management import CommandError
+
+from ...graph import Spec, get_graph
+
+
+def add_selection_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="app_label[.ModelName]",
+        help="Only these apps or models (default: every model with maintained fields).",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="LABEL",
+        help="Only the maintained fields with one of these labels.",
+    )
+
+
+def selected_groups(
+    targets: tuple[str, ...], labels: list[str] | None
+) -> Iterator[tuple[type, tuple[Spec, ...]]]:
+    """The chosen maintained fields, grouped by model, children before parents."""
+    graph = get_graph()
+    try:
+        chosen = set(graph.select(targets, labels))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    for model, group in graph.order:
+        specs = tuple(spec for spec in group if spec in chosen)
+        if specs:
+            yield model, specs

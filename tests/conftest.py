@@ -1,0 +1,36 @@
+import pytest
+
+from tests.testapp.models import Lab, Study
+
+
+@pytest.fixture
+def lab(db):
+    return Lab.objects.create(name="North")
+
+
+@pytest.fixture
+def study(lab):
+    return Study.objects.create(name="Soil survey", lab=lab)
+
+
+def fresh(instance):
+    """The row as the database holds it now."""
+    return type(instance)._base_manager.get(pk=instance.pk)
+
+
+@pytest.fixture
+def sql():
+    """Capture the SQL run inside ``with sql() as queries:`` (a list of strings)."""
+    from contextlib import contextmanager
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    @contextmanager
+    def capture():
+        statements = []
+        with CaptureQueriesContext(connection) as context:
+            yield statements
+        statements.extend(q["sql"] for q in context.captured_queries)
+
+    return capture
