@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.core.management import CommandError
@@ -26,7 +26,7 @@ def add_selection_arguments(parser: Any) -> None:
 
 
 def selected_groups(
-    targets: tuple[str, ...], labels: list[str] | None
+    targets: Sequence[str], labels: list[str] | None
 ) -> Iterator[tuple[type, tuple[Spec, ...]]]:
     """The chosen maintained fields, grouped by model, children before parents."""
     graph = get_graph()

@@ -19,7 +19,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         add_selection_arguments(parser)
 
-    def handle(self, *targets: str, labels: list[str] | None = None, **options: Any) -> None:
+    def handle(self, *args: Any, targets: list[str], labels: list[str] | None, **options: Any) -> None:
         size = get_config()["BATCH_SIZE"]
         drift = 0
         for model, specs in selected_groups(targets, labels):

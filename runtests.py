@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Run the test suite: ``python runtests.py [pytest arguments]``.
+
+The database is SQLite in memory unless DATABASE_URL names another one.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    try:
+        import pytest
+        import pytest_django  # noqa: F401
+    except ImportError:
+        sys.exit(
+            "The test dependencies are missing: pip install -e '.[test]' "
+            "(the README's test command does this in a virtual environment)."
+        )
+    os.chdir(os.path.dirname(os.path.abspath(__file__)))
+    sys.exit(pytest.main(sys.argv[1:]))

@@ -1,0 +1,86 @@
+"""rebuild_maintained_fields repairs; check_maintained_fields reports and fails."""
+
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from maintained_fields import override_autoupdate
+from tests.conftest import fresh
+from tests.testapp.models import Lab, Sample, Study, Tag
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def stale(lab, study):
+    """Rows loaded with maintenance disabled: every maintained value is stale."""
+    with override_autoupdate(mode="disabled"):
+        other = Study.objects.create(name="Other study", lab=lab)
+        for index in range(7):
+            Sample.objects.create(study=study if index % 2 else other, name=f"s{index}", weight=Decimal("1.25"))
+        study.tags.add(Tag.objects.create(name="red"))
+    return study, other
+
+
+def run(*args):
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_check_is_silent_when_all_is_right(study):
+    Sample.objects.create(study=study, name="a")
+    assert run("check_maintained_fields") == ("", "")
+
+
+def test_check_lists_drift_and_fails(stale):
+    study, _ = stale
+    with pytest.raises(CommandError, match=r"maintained value\(s\) differ.*rebuild_maintained_fields"):
+        run("check_maintained_fields", "testapp.Study")
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("check_maintained_fields", "testapp.Study", stdout=out)
+    assert f"testapp.Study pk={study.pk} sample_count: stored 0, computed 3" in out.getvalue()
+    assert "testapp.Sample" not in out.getvalue()
+
+
+def test_rebuild_repairs_everything_in_dependency_order(lab, stale):
+    study, other = stale
+    out, _ = run("rebuild_maintained_fields", "--verbosity", "1")
+    assert "Recomputed maintained fields on" in out
+    assert (fresh(study).sample_count, fresh(other).sample_count) == (3, 4)
+    assert fresh(study).summary == "Soil survey: 3 samples"
+    assert fresh(lab).sample_total == 7
+    assert fresh(study).tag_names == "red"
+    assert set(Sample.objects.values_list("code", flat=True)) == {f"S{i}" for i in range(7)}
+    assert run("check_maintained_fields") == ("", "")
+
+
+def test_rebuild_one_model_updates_what_depends_on_it(lab, stale):
+    study, _ = stale
+    run("rebuild_maintained_fields", "testapp.Study", "--verbosity", "0")
+    assert fresh(study).sample_count == 3
+    assert fresh(lab).sample_total == 7  # Lab was not named, but depends on the counts
+    assert Sample.objects.filter(code="").count() == 7  # Sample was not named
+
+
+def test_rebuild_by_label(lab, stale):
+    study, _ = stale
+    run("rebuild_maintained_fields", "--labels", "weights", "--verbosity", "0")
+    assert fresh(study).total_weight == Decimal("3.75")
+    assert fresh(study).sample_count == 0
+
+
+def test_rebuild_in_batches(stale, settings):
+    settings.MAINTAINED_FIELDS = {"BATCH_SIZE": 2}
+    run("rebuild_maintained_fields", "--verbosity", "0")
+    assert run("check_maintained_fields") == ("", "")
+
+
+def test_unknown_targets_and_labels_are_clear_errors(db):
+    with pytest.raises(CommandError, match="'testapp.Smaple' names no model with maintained fields"):
+        run("rebuild_maintained_fields", "testapp.Smaple")
+    with pytest.raises(CommandError, match="No maintained field has the label"):
+        run("check_maintained_fields", "--labels", "nope")
