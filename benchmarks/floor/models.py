@@ -1,0 +1,24 @@
+"""The example schema as plain Django models: the floor that maintenance is measured against."""
+
+from decimal import Decimal
+
+from django.db import models
+
+
+class PlainLab(models.Model):
+    name = models.CharField(max_length=100)
+    sample_count = models.IntegerField(default=0)
+
+
+class PlainStudy(models.Model):
+    lab = models.ForeignKey(PlainLab, related_name="studies", on_delete=models.CASCADE)
+    name = models.CharField(max_length=100)
+    sample_count = models.IntegerField(default=0)
+    total_weight = models.DecimalField(max_digits=12, decimal_places=3, default=Decimal(0))
+
+
+class PlainSample(models.Model):
+    study = models.ForeignKey(PlainStudy, related_name="samples", on_delete=models.CASCADE)
+    name = models.CharField(max_length=100)
+    weight = models.DecimalField(max_digits=9, decimal_places=3)
+    code = models.CharField(max_length=100, default="")
