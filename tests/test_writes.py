@@ -1,0 +1,63 @@
+"""Values are compared as the field stores them, and written where the rows live."""
+
+import datetime
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.db import models
+
+from maintained_fields import override_autoupdate
+from maintained_fields.graph import Spec
+from maintained_fields.writes import normalize
+from tests.testapp.models import Sample, Study
+
+
+def spec_for(field):
+    field.set_attributes_from_name("value")
+    return Spec(Study, field, "compute", None, ())
+
+
+def test_decimals_are_quantized_to_the_fields_places():
+    spec = spec_for(models.DecimalField(max_digits=6, decimal_places=2))
+    assert normalize(spec, Decimal("1") / 3) == Decimal("0.33")
+    assert str(normalize(spec, 2)) == "2.00"
+
+
+def test_a_decimal_too_large_for_the_field_is_a_clear_error():
+    spec = spec_for(models.DecimalField(max_digits=4, decimal_places=2))
+    with pytest.raises(ValueError, match="more than 4 digits"):
+        normalize(spec, Decimal("12345"))
+
+
+def test_naive_datetimes_are_read_in_the_default_time_zone_as_django_saves_them(settings):
+    settings.TIME_ZONE = "Asia/Tokyo"
+    spec = spec_for(models.DateTimeField())
+    value = normalize(spec, datetime.datetime(2026, 1, 2, 3, 4, 5))
+    assert value == datetime.datetime(2026, 1, 1, 18, 4, 5, tzinfo=datetime.timezone.utc)
+
+
+def test_strings_and_floats_are_converted_like_the_field_does():
+    assert normalize(spec_for(models.IntegerField()), "7") == 7
+    assert normalize(spec_for(models.FloatField()), 1) == 1.0
+
+
+@pytest.mark.django_db
+def test_repeating_decimals_are_neither_rewritten_nor_reported(sql):
+    study = Study.objects.create(name="s")
+    for weight in ("0.10", "0.20", "0.33"):
+        Sample.objects.create(study=study, name="a", weight=Decimal(weight))
+    with sql() as queries:
+        call_command("rebuild_maintained_fields", verbosity=0)
+    assert not [q for q in queries if q.startswith("UPDATE")]
+    call_command("check_maintained_fields")
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_deferred_flush_writes_to_the_database_the_rows_were_written_to():
+    study = Study.objects.using("other").create(name="elsewhere")
+    with override_autoupdate(mode="deferred"):
+        Sample.objects.using("other").create(study=study, name="a")
+        Sample(study=study, name="b").save(using="other")
+    assert Study.objects.using("other").get(pk=study.pk).sample_count == 2
+    assert not Study.objects.using("default").exists()
