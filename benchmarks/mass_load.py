@@ -31,7 +31,9 @@ def setup(directory):
 
     settings.configure(
         INSTALLED_APPS=["maintained_fields", "lab", "benchmarks.floor"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "bench.sqlite3")}},
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "bench.sqlite3")}
+        },
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         USE_TZ=True,
     )
@@ -43,10 +45,10 @@ def setup(directory):
 
 def measure(variant, rows):
     from django.db import connection
-
-    from benchmarks.floor.models import PlainLab, PlainSample, PlainStudy
     from lab.loading import load
     from lab.models import Lab, Sample, Study
+
+    from benchmarks.floor.models import PlainLab, PlainSample, PlainStudy
     from maintained_fields import override_autoupdate
 
     schema = (PlainLab, PlainStudy, PlainSample) if variant == "floor" else (Lab, Study, Sample)

@@ -83,7 +83,8 @@ def process(
             node = graph.nodes[model]
             changed = recompute(model, targets, db)
             for instance, old in changed:
-                merge(pending, records_for(node, instance, labels=labels, created=False, changed=frozenset(old), old=old))
+                downstream = records_for(node, instance, labels=labels, created=False, changed=frozenset(old), old=old)
+                merge(pending, downstream)
                 mine = in_memory.get((model, instance.pk))
                 if mine is not None:
                     for attname in old:
@@ -171,7 +172,8 @@ def _dispatch(
 ) -> None:
     if not records:
         return
-    if scope.mode == modes.DEFERRED and scope.buffer is not None and scope.buffer.add(db, scope.labels, records):
+    deferred = scope.mode == modes.DEFERRED and scope.buffer is not None
+    if deferred and scope.buffer.add(db, scope.labels, records):
         return
     process(db, scope.labels, records, instances=instances)
 
@@ -225,9 +227,7 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     update_fields = kwargs.get("update_fields")
     if scope.mode == modes.DISABLED or node is None or (update_fields is not None and not update_fields):
         return save(**kwargs)
-    written = None
-    if update_fields is not None:
-        written = frozenset(instance._meta.get_field(name).attname for name in update_fields)
+    written = _attnames(instance, update_fields)
     own_row = [
         spec
         for spec in node.own_row
@@ -245,6 +245,12 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     else:
         _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+
+
+def _attnames(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
+    if update_fields is None:
+        return None
+    return frozenset(instance._meta.get_field(name).attname for name in update_fields)
 
 
 def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
@@ -281,8 +287,9 @@ def _read_before(
     """
     if instance.pk is None:
         return None
-    if instance._state.adding and (instance._meta.pk.has_default() or instance._meta.pk.db_default is not models.NOT_PROVIDED):
-        return None
+    pk_field = instance._meta.pk
+    if instance._state.adding and (pk_field.has_default() or pk_field.db_default is not models.NOT_PROVIDED):
+        return None  # Django inserts without trying an UPDATE first
     columns = node.tracked | (node.related_attnames if refresh else frozenset())
     if written is not None:
         columns &= written
@@ -321,8 +328,9 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
     if scope.mode == modes.DISABLED:
         return
     node = get_graph().node(sender)
-    written = None if update_fields is None else frozenset(instance._meta.get_field(f).attname for f in update_fields)
-    instance.__dict__[_OLD] = (instance._state.adding, written, _read_before(instance, node, using, written, refresh=False))
+    written = _attnames(instance, update_fields)
+    old = _read_before(instance, node, using, written, refresh=False)
+    instance.__dict__[_OLD] = (instance._state.adding, written, old)
 
 
 def _post_save(sender, instance, created, raw, using, **kwargs) -> None:

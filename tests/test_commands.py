@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 
 from maintained_fields import override_autoupdate
 from tests.conftest import fresh
-from tests.testapp.models import Lab, Sample, Study, Tag
+from tests.testapp.models import Sample, Study, Tag
 
 pytestmark = pytest.mark.django_db
 

@@ -195,7 +195,7 @@ class TestAsyncDatabase:
             return (await Study.objects.aget(pk=study_pk)).sample_count
 
         async def main():
-            first_saved, second_saved, first_flushed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            first_saved, second_saved = asyncio.Event(), asyncio.Event()
             task_one = asyncio.create_task(load(first.pk, first_saved, second_saved))
             second_release = asyncio.Event()
             task_two = asyncio.create_task(load(second.pk, second_saved, second_release))

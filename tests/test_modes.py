@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from maintained_fields import get_autoupdate_mode, override_autoupdate
 from tests.conftest import fresh
-from tests.testapp.models import Lab, Sample, Study
+from tests.testapp.models import Sample, Study
 
 
 class TestArguments:
