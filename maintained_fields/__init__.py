@@ -6,13 +6,18 @@ The public API is what ``__all__`` lists; every other module is private.
 from typing import Any
 
 from .declarations import maintained_field
+from .managers import MaintainedManager, MaintainedQuerySet
 from .modes import get_autoupdate_mode, override_autoupdate
+from .propagation import mark_changed
 
 __all__ = [
+    "MaintainedManager",
     "MaintainedModel",
     "MaintainedModelMixin",
+    "MaintainedQuerySet",
     "get_autoupdate_mode",
     "maintained_field",
+    "mark_changed",
     "override_autoupdate",
 ]
 

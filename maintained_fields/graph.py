@@ -56,6 +56,8 @@ class Spec:
     label: str | None
     depends_on: tuple[str, ...]
     deps: tuple[Dependency, ...] = ()
+    # A dependency on nothing: records under it name rows to recompute outright.
+    itself: Dependency = None  # type: ignore[assignment]
     # Computed in save() before the write: every path is a field of the row itself.
     own_row: bool = False
     # The attnames an own-row spec reads; empty: recomputed on every save.
@@ -80,6 +82,8 @@ class ModelNode:
     tracked: frozenset[str] = frozenset()
     # Attnames of fields maintained from other rows: only the library writes them.
     related_attnames: frozenset[str] = frozenset()
+    # Attnames of foreign keys on this model that paths follow up to a parent.
+    up_links: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -301,6 +305,7 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
         return None
     seen[key] = method_name
     spec = Spec(model, target, method_name, declaration.label, declaration.depends_on)
+    spec.itself = Dependency(spec, "", (Hop(0, model, "", OWN, None, None, False, frozenset()),))
     deps = []
     for path in declaration.depends_on:
         try:
@@ -410,10 +415,14 @@ def _index(graph: Graph) -> None:
             for hop in dep.hops:
                 edges[hop.model].append((dep, hop))
                 if hop.kind == M2M:
-                    m2m[hop.m2m_field.remote_field.through._meta.concrete_model].append((dep, hop))
+                    through = hop.m2m_field.remote_field.through._meta.concrete_model
+                    m2m[through].append((dep, hop))
+                    if not through._meta.auto_created:
+                        edges[through].append((dep, _through_hop(hop, through)))
     for model, model_edges in edges.items():
         node = nodes.setdefault(model, ModelNode(model))
         node.edges = tuple(model_edges)
+        node.up_links = frozenset(hop.up_link for _, hop in model_edges if hop.kind == REVERSE)
         node.tracked = frozenset().union(
             *(
                 hop.triggers
@@ -423,6 +432,27 @@ def _index(graph: Graph) -> None:
         )
     graph.nodes = nodes
     graph.m2m = {through: tuple(found) for through, found in m2m.items()}
+
+
+def _through_hop(hop: Hop, through: type[models.Model]) -> Hop:
+    """A row of a custom ``through`` model, saved or deleted on its own, links
+    the previous hop's row (through one of its foreign keys) to this hop's."""
+    field = hop.m2m_field
+    mine, theirs = field.m2m_field_name(), field.m2m_reverse_field_name()
+    if not hop.m2m_forward:
+        mine, theirs = theirs, mine
+    up_link = through._meta.get_field(mine).attname
+    other = through._meta.get_field(theirs).attname
+    return Hop(
+        index=hop.index,
+        model=through,
+        lookup="",
+        kind=REVERSE,
+        up_link=up_link,
+        m2m_field=None,
+        m2m_forward=False,
+        triggers=None if hop.triggers is None else frozenset({up_link, other}),
+    )
 
 
 _graph: Graph | None = None

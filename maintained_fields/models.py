@@ -7,6 +7,7 @@ from typing import Any
 from django.db import models
 
 from . import propagation
+from .managers import MaintainedManager
 
 _SAVE_ARGUMENTS = ("force_insert", "force_update", "using", "update_fields")
 
@@ -31,7 +32,19 @@ class MaintainedModelMixin:
 
 
 class MaintainedModel(MaintainedModelMixin, models.Model):
-    """Abstract base for models with ``@maintained_field`` methods."""
+    """Abstract base for models with ``@maintained_field`` methods.
+
+    Its ``objects`` manager is a :class:`MaintainedManager`, and is also the
+    base manager, which Django uses for reverse foreign key
+    ``add(bulk=True)``: keep it unfiltered.
+    """
+
+    objects = MaintainedManager()
 
     class Meta:
         abstract = True
+
+
+# Not in Meta, which subclasses without a Meta of their own would inherit into
+# their migrations: Django looks the name up on the first parent model.
+MaintainedModel._meta.base_manager_name = "objects"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from django.db import connections, models, router, transaction
@@ -46,33 +47,28 @@ def process(
     labels: frozenset[str] | None,
     records: Records,
     *,
-    seeds: dict[Spec, Any] | None = None,
     instances: tuple[models.Model, ...] = (),
 ) -> None:
     """Recompute every maintained value that ``records`` reach, in one transaction.
 
     Groups of maintained fields are processed in dependency order, so a row
     whose value feeds another's is written before the other is computed, and
-    each affected row is recomputed once.  ``seeds`` adds rows to recompute
-    for given specs; ``instances`` are in-memory objects to update with the
-    values written to their rows.
+    each affected row is recomputed once.  ``instances`` are in-memory
+    objects to update with the values written to their rows.
     """
     graph = get_graph()
     pending: Records = {}
     merge(pending, records)
-    seeds = dict(seeds or {})
     in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
     with transaction.atomic(using=db, savepoint=False):
         for model, specs in graph.order:
-            if not pending and not seeds:
+            if not pending:
                 break
             targets: dict[Any, set[Spec]] = {}
             for spec in specs:
                 if labels is not None and spec.label not in labels:
                     continue
-                for pk in seeds.pop(spec, ()):
-                    targets.setdefault(pk, set()).add(spec)
-                for dep in spec.deps:
+                for dep in (spec.itself, *spec.deps):
                     for hop in dep.hops:
                         pks = pending.pop((dep, hop.index), None)
                         if pks:
@@ -97,6 +93,11 @@ def process(
                 db,
                 len(changed),
             )
+
+
+def recompute_records(specs: Any, pks: Any) -> Records:
+    """Records that recompute ``specs`` on the rows ``pks``, whatever they depend on."""
+    return {(spec.itself, 0): set(pks) for spec in specs}
 
 
 class Buffer:
@@ -164,7 +165,7 @@ def _process_logged(db: str, labels: frozenset[str] | None, records: Records) ->
         )
 
 
-def _dispatch(
+def dispatch(
     scope: modes.Scope,
     db: str,
     records: Records,
@@ -227,13 +228,8 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     update_fields = kwargs.get("update_fields")
     if scope.mode == modes.DISABLED or node is None or (update_fields is not None and not update_fields):
         return save(**kwargs)
-    written = _attnames(instance, update_fields)
-    own_row = [
-        spec
-        for spec in node.own_row
-        if (scope.labels is None or spec.label in scope.labels)
-        and (not spec.own_triggers or written is None or spec.own_triggers & written)
-    ]
+    written = attnames_of(instance, update_fields)
+    own_row = own_row_specs(node, scope, written)
     if written is not None:
         added = [spec.field.name for spec in own_row if spec.field.attname not in written]
         if added:
@@ -247,7 +243,22 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
         _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
 
 
-def _attnames(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
+def own_row_specs(node: ModelNode, scope: modes.Scope, written: frozenset[str] | None) -> list[Spec]:
+    """The own-row fields a write of ``written`` (None: every field) recomputes."""
+    return [
+        spec
+        for spec in node.own_row
+        if (scope.labels is None or spec.label in scope.labels)
+        and (not spec.own_triggers or written is None or spec.own_triggers & written)
+    ]
+
+
+def compute_own_row(instance: models.Model, specs: list[Spec]) -> None:
+    for spec in specs:
+        setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
+
+
+def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
     if update_fields is None:
         return None
     return frozenset(instance._meta.get_field(name).attname for name in update_fields)
@@ -256,19 +267,18 @@ def _attnames(instance: models.Model, update_fields: Any) -> frozenset[str] | No
 def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True)
-    for spec in own_row:
-        setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
+    compute_own_row(instance, own_row)
     save(**kwargs)
     records = records_for(
         node,
         instance,
         labels=scope.labels,
         created=adding or old == {},
-        changed=_changed(instance, node, written, old),
+        changed=changed_attnames(instance, node, written, old),
         old=old,
         own_row_done=True,
     )
-    _dispatch(scope, using, records, (instance,))
+    dispatch(scope, using, records, (instance,))
 
 
 def _read_before(
@@ -309,7 +319,7 @@ def _read_before(
     return row
 
 
-def _changed(
+def changed_attnames(
     instance: models.Model,
     node: ModelNode,
     written: frozenset[str] | None,
@@ -328,7 +338,7 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
     if scope.mode == modes.DISABLED:
         return
     node = get_graph().node(sender)
-    written = _attnames(instance, update_fields)
+    written = attnames_of(instance, update_fields)
     old = _read_before(instance, node, using, written, refresh=False)
     instance.__dict__[_OLD] = (instance._state.adding, written, old)
 
@@ -345,10 +355,10 @@ def _post_save(sender, instance, created, raw, using, **kwargs) -> None:
         instance,
         labels=scope.labels,
         created=created or adding,
-        changed=_changed(instance, node, written, old),
+        changed=changed_attnames(instance, node, written, old),
         old=old,
     )
-    _dispatch(scope, using, records)
+    dispatch(scope, using, records)
 
 
 # Deletes: the rows that depend on a deleted row are found before the delete,
@@ -379,10 +389,12 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
     for dep, hop in node.edges:
         if hop.index == 0 or (scope.labels is not None and dep.spec.label not in scope.labels):
             continue
-        if hop.kind == REVERSE and hop.index == 1:
+        if hop.kind == REVERSE:
+            # The row this one points at is not changed by deleting this one: it
+            # can be resolved after the delete.
             value = fresh[hop.up_link] if fresh else getattr(instance, hop.up_link)
             if value is not None:
-                records.setdefault((dep, 0), set()).add(value)
+                records.setdefault((dep, hop.index - 1), set()).add(value)
         else:
             targets = resolve(dep, hop.index, {instance.pk}, using)
             if targets:
@@ -398,7 +410,7 @@ def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
     pending.count -= 1
     if pending.count == 0:
         del holder.__dict__[_DELETING]
-        _dispatch(pending.scope, using, pending.records)
+        dispatch(pending.scope, using, pending.records)
 
 
 # Many-to-many changes: the rows on the previous hop's side of the relation
@@ -431,7 +443,7 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
         rows = {instance.pk} if hop.m2m_forward != reverse else pk_set
         if rows:
             records.setdefault((dep, hop.index - 1), set()).update(rows)
-    _dispatch(scope, using, records)
+    dispatch(scope, using, records)
 
 
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
@@ -454,3 +466,45 @@ def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
     for through in graph.m2m:
         uid = f"maintained_fields:{through._meta.label}"
         signals.m2m_changed.connect(_m2m_changed, sender=through, dispatch_uid=uid)
+
+
+def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: str | None = None) -> None:
+    """Tell the library that rows changed where it could not see (raw SQL, other programs).
+
+    ``objects`` is a QuerySet or model instances of one model.  The rows'
+    maintained fields and everything that depends on them are recomputed as
+    the mode in force says (at once, at the end of a deferred scope, or not at
+    all).  Rows moved to another parent by the hidden write: mark them before
+    and after it, inside ``override_autoupdate(mode="deferred")``, so that
+    both parents are recomputed.
+    """
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    if isinstance(objects, models.QuerySet):
+        model, db = objects.model, using or objects.db
+        node = _node_for_marking(model)
+        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values("pk", *node.up_links)]
+    else:
+        rows = list(objects)
+        if not rows:
+            return
+        model = type(rows[0])
+        db = using or rows[0]._state.db or router.db_for_write(model, instance=rows[0])
+        node = _node_for_marking(model)
+    records: Records = {}
+    for row in rows:
+        merge(records, records_for(node, row, labels=scope.labels, created=True, changed=None, old=None))
+    specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
+    merge(records, recompute_records(specs, [row.pk for row in rows]))
+    dispatch(scope, db, records)
+
+
+def _node_for_marking(model: type[models.Model]) -> ModelNode:
+    node = get_graph().node(model)
+    if node is None:
+        raise ValueError(
+            f"mark_changed() got {model._meta.label} rows, but {model._meta.label} has no "
+            "maintained fields and no maintained field depends on it."
+        )
+    return node

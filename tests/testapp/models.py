@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.db import models
 from django.utils.text import slugify
 
-from maintained_fields import MaintainedModel, maintained_field
+from maintained_fields import MaintainedManager, MaintainedModel, maintained_field
 
 
 class Lab(MaintainedModel):
@@ -38,6 +38,7 @@ class Study(MaintainedModel):
     total_weight = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     aliquot_volume = models.FloatField(default=0.0)
     tag_names = models.CharField(max_length=200, default="")
+    project_names = models.CharField(max_length=200, default="")
     summary = models.CharField(max_length=200, default="")
 
     @maintained_field("slug")
@@ -59,6 +60,10 @@ class Study(MaintainedModel):
     @maintained_field("tag_names", depends_on=["tags__name"])
     def compute_tag_names(self):
         return ",".join(sorted(self.tags.values_list("name", flat=True)))
+
+    @maintained_field("project_names", depends_on=["projects__name"])
+    def compute_project_names(self):
+        return ",".join(sorted(self.projects.values_list("name", flat=True)))
 
     @maintained_field("summary", depends_on=["name", "sample_count"])
     def compute_summary(self):
@@ -90,6 +95,32 @@ class Sample(MaintainedModel):
 class Aliquot(models.Model):
     """A plain model: maintained fields elsewhere depend on it."""
 
-    sample = models.ForeignKey(Sample, related_name="aliquots", on_delete=models.CASCADE)
+    sample = models.ForeignKey(Sample, related_name="aliquots", null=True, on_delete=models.CASCADE)
     volume = models.FloatField(default=0.0)
     note = models.CharField(max_length=100, default="")
+
+    objects = MaintainedManager()
+
+    class Meta:
+        # Reverse foreign key add(bulk=True) updates rows through the base manager.
+        base_manager_name = "objects"
+
+
+class Project(MaintainedModel):
+    name = models.CharField(max_length=100)
+    studies = models.ManyToManyField(Study, through="Membership", related_name="projects")
+    study_count = models.IntegerField(default=0)
+
+    @maintained_field("study_count", depends_on=["studies"])
+    def compute_study_count(self):
+        return self.studies.count()
+
+
+class Membership(models.Model):
+    """A custom through model, plain, with the package's manager."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE)
+    study = models.ForeignKey(Study, on_delete=models.CASCADE)
+    role = models.CharField(max_length=20, default="member")
+
+    objects = MaintainedManager()

@@ -7,7 +7,7 @@ from django.db import DEFAULT_DB_ALIAS, models
 from tqdm import tqdm
 
 from ...conf import get_config
-from ...propagation import process
+from ...propagation import process, recompute_records
 from ...writes import batches
 from ._selection import add_selection_arguments, selected_groups
 
@@ -47,7 +47,7 @@ class Command(BaseCommand):
             disable=True if verbosity == 0 else None,  # None: shown on a terminal only
         ) as progress:
             for batch in batches(pks, size):
-                process(DEFAULT_DB_ALIAS, labels, {}, seeds={spec: batch for spec in specs})
+                process(DEFAULT_DB_ALIAS, labels, recompute_records(specs, batch))
                 progress.update(len(batch))
                 rows += len(batch)
         return rows

@@ -1,0 +1,148 @@
+"""A QuerySet and Manager whose bulk writes keep maintained fields right.
+
+``MaintainedModel`` uses them as its default and base manager.  Put
+``objects = MaintainedManager()`` on a plain model that maintained fields
+depend on, to get the same for its bulk writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from types import SimpleNamespace
+from typing import Any
+
+from django.db import models, transaction
+
+from . import modes
+from .conf import get_config
+from .graph import ModelNode, Spec, get_graph
+from .propagation import (
+    Records,
+    changed_attnames,
+    compute_own_row,
+    dispatch,
+    merge,
+    own_row_specs,
+    recompute_records,
+    records_for,
+)
+from .writes import chunks
+
+
+class MaintainedQuerySet(models.QuerySet):
+    """A QuerySet whose ``update()``, ``bulk_create()`` and ``bulk_update()``
+    keep maintained fields right, in the mode in force.
+
+    ``delete()``, ``get_or_create()`` and ``update_or_create()`` already go
+    through ``delete()`` and ``save()``.  Rows are read in bulk before and
+    after a write where needed: never one query per row.
+    """
+
+    def _maintenance(self) -> tuple[modes.Scope, ModelNode | None]:
+        scope = modes.current_scope()
+        if scope.mode == modes.DISABLED:
+            return scope, None
+        return scope, get_graph().node(self.model)
+
+    def update(self, **kwargs: Any) -> int:
+        scope, node = self._maintenance()
+        if node is None or not kwargs:
+            return super().update(**kwargs)
+        written = frozenset(self.model._meta.get_field(name).attname for name in kwargs)
+        with _atomic(scope, self.db):
+            before = {row["pk"]: row for row in self.values("pk", *((node.tracked & written) | node.up_links))}
+            count = super().update(**kwargs)
+            after: dict[Any, dict[str, Any]] = {}
+            if node.up_links & written:
+                after = _rows(self.model, self.db, before, node.up_links)
+            records: Records = {}
+            for pk, old in before.items():
+                row = SimpleNamespace(**{**old, **after.get(pk, {})})
+                merge(records, records_for(node, row, labels=scope.labels, created=False, changed=written, old=old))
+            merge(records, recompute_records(_overwritten(node, scope, written), before))
+            dispatch(scope, self.db, records)
+        return count
+
+    update.alters_data = True
+
+    def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list[models.Model]:
+        scope, node = self._maintenance()
+        if node is None:
+            return super().bulk_create(objs, *args, **kwargs)
+        objs = list(objs)
+        own_row = own_row_specs(node, scope, None)
+        for obj in objs:
+            compute_own_row(obj, own_row)
+        with _atomic(scope, self.db):
+            created = super().bulk_create(objs, *args, **kwargs)
+            records: Records = {}
+            for obj in created:
+                merge(
+                    records,
+                    records_for(node, obj, labels=scope.labels, created=True, changed=None, old=None, own_row_done=True),
+                )
+            dispatch(scope, self.db, records)
+        return created
+
+    bulk_create.alters_data = True
+
+    def bulk_update(self, objs: Iterable[models.Model], fields: Sequence[str], batch_size: int | None = None) -> int:
+        scope, node = self._maintenance()
+        if node is None:
+            return super().bulk_update(objs, fields, batch_size=batch_size)
+        objs = list(objs)
+        fields = list(fields)
+        written = frozenset(self.model._meta.get_field(name).attname for name in fields)
+        own_row = own_row_specs(node, scope, written)
+        for obj in objs:
+            compute_own_row(obj, own_row)
+        fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
+        written |= {spec.field.attname for spec in own_row}
+        with _atomic(scope, self.db):
+            before = _rows(self.model, self.db, [obj.pk for obj in objs], node.tracked & written)
+            # A plain QuerySet: bulk_update() calls update(), which must not record again.
+            count = models.QuerySet(self.model, using=self.db).bulk_update(objs, fields, batch_size=batch_size)
+            records: Records = {}
+            for obj in objs:
+                old = before.get(obj.pk)
+                if old is None:
+                    continue  # no such row: nothing was written
+                changed = changed_attnames(obj, node, written, old)
+                merge(records, records_for(node, obj, labels=scope.labels, created=False, changed=changed, old=old))
+            merge(records, recompute_records(_overwritten(node, scope, written), before))
+            dispatch(scope, self.db, records)
+        return count
+
+    bulk_update.alters_data = True
+
+
+class MaintainedManager(models.Manager.from_queryset(MaintainedQuerySet)):  # type: ignore[misc]
+    """The manager of :class:`MaintainedQuerySet`."""
+
+
+def _atomic(scope: modes.Scope, db: str) -> Any:
+    if scope.mode == modes.IMMEDIATE:
+        return transaction.atomic(using=db, savepoint=False)
+    return nullcontext()
+
+
+def _rows(model: type[models.Model], db: str, pks: Iterable[Any], attnames: Iterable[str]) -> dict[Any, dict]:
+    """{pk: {"pk": pk, attname: value}} for the rows ``pks`` that exist, in batches."""
+    rows = {}
+    for batch in chunks(pks, get_config()["BATCH_SIZE"]):
+        for row in models.QuerySet(model, using=db).filter(pk__in=batch).values("pk", *attnames):
+            rows[row["pk"]] = row
+    return rows
+
+
+def _overwritten(node: ModelNode, scope: modes.Scope, written: frozenset[str]) -> list[Spec]:
+    """Maintained fields a bulk write sets directly (the library puts them right
+    again), and own-row fields declared without depends_on (run on every write)."""
+    specs = [*node.own_row, *node.related]
+    return [
+        spec
+        for spec in specs
+        if (scope.labels is None or spec.label in scope.labels)
+        and (spec.field.attname in written or (spec.own_row and not spec.deps))
+    ]
