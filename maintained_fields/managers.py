@@ -59,7 +59,7 @@ class MaintainedQuerySet(models.QuerySet):
             records: Records = {}
             for pk, old in before.items():
                 row = SimpleNamespace(**{**old, **after.get(pk, {})})
-                merge(records, records_for(node, row, labels=scope.labels, created=False, changed=written, old=old))
+                merge(records, records_for(node, row, labels=scope.labels, changed=written, old=old))
             merge(records, recompute_records(_overwritten(node, scope, written), before))
             dispatch(scope, self.db, records)
         return count
@@ -78,10 +78,8 @@ class MaintainedQuerySet(models.QuerySet):
             created = super().bulk_create(objs, *args, **kwargs)
             records: Records = {}
             for obj in created:
-                merge(
-                    records,
-                    records_for(node, obj, labels=scope.labels, created=True, changed=None, old=None, own_row_done=True),
-                )
+                new = records_for(node, obj, labels=scope.labels, created=True, own_row_done=True)
+                merge(records, new)
             dispatch(scope, self.db, records)
         return created
 
@@ -109,7 +107,7 @@ class MaintainedQuerySet(models.QuerySet):
                 if old is None:
                     continue  # no such row: nothing was written
                 changed = changed_attnames(obj, node, written, old)
-                merge(records, records_for(node, obj, labels=scope.labels, created=False, changed=changed, old=old))
+                merge(records, records_for(node, obj, labels=scope.labels, changed=changed, old=old))
             merge(records, recompute_records(_overwritten(node, scope, written), before))
             dispatch(scope, self.db, records)
         return count

@@ -79,7 +79,7 @@ def process(
             node = graph.nodes[model]
             changed = recompute(model, targets, db)
             for instance, old in changed:
-                downstream = records_for(node, instance, labels=labels, created=False, changed=frozenset(old), old=old)
+                downstream = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
                 merge(pending, downstream)
                 mine = in_memory.get((model, instance.pk))
                 if mine is not None:
@@ -184,9 +184,9 @@ def records_for(
     instance: models.Model,
     *,
     labels: frozenset[str] | None,
-    created: bool,
-    changed: frozenset[str] | None,
-    old: dict[str, Any] | None,
+    created: bool = False,
+    changed: frozenset[str] | None = None,
+    old: dict[str, Any] | None = None,
     own_row_done: bool = False,
 ) -> Records:
     """The records for a write of ``instance``.
@@ -494,7 +494,7 @@ def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: st
         node = _node_for_marking(model)
     records: Records = {}
     for row in rows:
-        merge(records, records_for(node, row, labels=scope.labels, created=True, changed=None, old=None))
+        merge(records, records_for(node, row, labels=scope.labels, created=True))
     specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
     merge(records, recompute_records(specs, [row.pk for row in rows]))
     dispatch(scope, db, records)
