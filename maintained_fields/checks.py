@@ -1,11 +1,14 @@
-"""System checks for declarations: ``maintained_fields.E001`` to ``E005``.
+"""System checks, with stable ids.
 
-| id   | problem                                                        |
-| E001 | the maintained field is not a writable column of the model     |
-| E002 | a ``depends_on`` path does not resolve                         |
-| E003 | two methods maintain one field                                 |
-| E004 | maintained fields depend on each other in a cycle              |
-| E005 | the model's save() does not run MaintainedModelMixin's         |
+========  ===============================================================
+E001      the maintained field is not a writable column of the model
+E002      a ``depends_on`` path does not resolve
+E003      two methods maintain one field
+E004      maintained fields depend on each other in a cycle
+E005      the model's save() does not run MaintainedModelMixin's
+W001      bulk writes through the default manager are not seen
+W002      reverse foreign key ``add(bulk=True)`` is not seen
+========  ===============================================================
 """
 
 from __future__ import annotations
@@ -15,11 +18,46 @@ from typing import Any
 from django.core import checks
 
 from .graph import get_graph
+from .managers import MaintainedQuerySet
+
+
+def _in(app_configs: Any, messages: list[checks.CheckMessage]) -> list[checks.CheckMessage]:
+    if app_configs is None:
+        return list(messages)
+    return [m for m in messages if m.obj._meta.app_config in app_configs]
 
 
 @checks.register(checks.Tags.models)
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    errors = get_graph().errors
-    if app_configs is None:
-        return list(errors)
-    return [e for e in errors if e.obj._meta.app_config in app_configs]
+    return _in(app_configs, get_graph().errors)
+
+
+@checks.register(checks.Tags.models)
+def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    warnings = []
+    for model, node in get_graph().nodes.items():
+        if model._meta.auto_created:
+            continue
+        label = model._meta.label
+        if not isinstance(model._default_manager.get_queryset(), MaintainedQuerySet):
+            warnings.append(
+                checks.Warning(
+                    f"{label}'s default manager does not return a MaintainedQuerySet, so "
+                    "update(), bulk_create() and bulk_update() on it leave maintained fields stale.",
+                    hint="Add objects = MaintainedManager() to the model, or build its manager "
+                    "from MaintainedQuerySet.",
+                    obj=model,
+                    id="maintained_fields.W001",
+                )
+            )
+        elif node.up_links and not isinstance(model._base_manager.get_queryset(), MaintainedQuerySet):
+            warnings.append(
+                checks.Warning(
+                    f"{label}'s base manager is not a MaintainedManager, so a reverse foreign key "
+                    "add(bulk=True), which updates rows through it, leaves maintained fields stale.",
+                    hint=f"Set base_manager_name = {model._default_manager.name!r} in {label}'s Meta.",
+                    obj=model,
+                    id="maintained_fields.W002",
+                )
+            )
+    return _in(app_configs, warnings)

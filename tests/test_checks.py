@@ -215,3 +215,54 @@ def test_mixin_first_on_another_base_is_fine():
             return self.name.upper()
 
     assert messages(Box) == []
+
+
+def test_plain_dependency_without_the_manager_is_warned_about():
+    from django.test.utils import isolate_apps
+
+    from maintained_fields import MaintainedManager, graph
+    from maintained_fields.checks import check_managers
+
+    with isolate_apps("tests.testapp"):
+
+        class Owner(MaintainedModel):
+            count = models.IntegerField(default=0)
+
+            @maintained_field("count", depends_on=["items", "managed_items"])
+            def compute(self):
+                return 0
+
+            class Meta:
+                app_label = "testapp"
+
+        class Item(models.Model):
+            owner = models.ForeignKey(Owner, models.CASCADE, related_name="items")
+
+            class Meta:
+                app_label = "testapp"
+
+        class ManagedItem(models.Model):
+            owner = models.ForeignKey(Owner, models.CASCADE, related_name="managed_items")
+            objects = MaintainedManager()
+
+            class Meta:
+                app_label = "testapp"
+
+        built = build([Owner, Item, ManagedItem])
+        saved, graph._graph = graph._graph, built
+        try:
+            found = [(w.id, w.msg) for w in check_managers()]
+        finally:
+            graph._graph = saved
+    assert found == [
+        (
+            "maintained_fields.W001",
+            "testapp.Item's default manager does not return a MaintainedQuerySet, so update(), "
+            "bulk_create() and bulk_update() on it leave maintained fields stale.",
+        ),
+        (
+            "maintained_fields.W002",
+            "testapp.ManagedItem's base manager is not a MaintainedManager, so a reverse foreign key "
+            "add(bulk=True), which updates rows through it, leaves maintained fields stale.",
+        ),
+    ]

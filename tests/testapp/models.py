@@ -124,3 +124,6 @@ class Membership(models.Model):
     role = models.CharField(max_length=20, default="member")
 
     objects = MaintainedManager()
+
+    class Meta:
+        base_manager_name = "objects"
