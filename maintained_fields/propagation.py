@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -331,9 +333,36 @@ def changed_attnames(
     return frozenset(a for a in candidates if a not in old or old[a] != getattr(instance, a))
 
 
+_loading_fixtures: ContextVar[bool] = ContextVar("maintained_fields_loading_fixtures", default=False)
+
+
+@contextmanager
+def loading_fixtures() -> Iterator[None]:
+    """Record the rows that ``loaddata`` saves raw, into the deferred scope in force."""
+    token = _loading_fixtures.set(True)
+    try:
+        yield
+    finally:
+        _loading_fixtures.reset(token)
+
+
+def _pre_save_raw(sender, instance, raw, using, **kwargs) -> None:
+    if not (raw and _loading_fixtures.get()):
+        return
+    scope = modes.current_scope()
+    node = get_graph().node(sender)
+    # The row is written as it stands: what it points at is known now, and
+    # where it pointed before must be read now.
+    old = _read_before(instance, node, using, None, refresh=False)
+    records = records_for(node, instance, labels=scope.labels, created=True, old=old)
+    specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
+    merge(records, recompute_records(specs, [instance.pk]))
+    dispatch(scope, using, records)
+
+
 def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
     if raw:
-        return
+        return _pre_save_raw(sender, instance, raw, using)
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
@@ -449,17 +478,18 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
     """Connect the signal receivers that the graph needs, to each model and its proxies.
 
-    A model whose save() runs MaintainedModelMixin's is handled there; the
-    others (plain models that maintained fields depend on) through signals.
+    A model whose save() runs MaintainedModelMixin's is handled there, but for
+    the raw saves of ``loaddata``; the others (plain models that maintained
+    fields depend on) through signals.
     """
     for model, node in graph.nodes.items():
-        if not node.edges:
-            continue
         for sender in [m for m in all_models if m._meta.concrete_model is model]:
             uid = f"maintained_fields:{sender._meta.label}"
             if mixin_problem(model) is not None:
                 signals.pre_save.connect(_pre_save, sender=sender, dispatch_uid=uid)
                 signals.post_save.connect(_post_save, sender=sender, dispatch_uid=uid)
+            else:
+                signals.pre_save.connect(_pre_save_raw, sender=sender, dispatch_uid=uid)
             if any(hop.index > 0 for _, hop in node.edges):
                 signals.pre_delete.connect(_pre_delete, sender=sender, dispatch_uid=uid)
                 signals.post_delete.connect(_post_delete, sender=sender, dispatch_uid=uid)
