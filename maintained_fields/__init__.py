@@ -9,6 +9,7 @@ from .declarations import maintained_field
 from .managers import MaintainedManager, MaintainedQuerySet
 from .modes import get_autoupdate_mode, override_autoupdate
 from .propagation import mark_changed
+from .signals import maintained_values_written
 
 __all__ = [
     "MaintainedManager",
@@ -17,6 +18,7 @@ __all__ = [
     "MaintainedQuerySet",
     "get_autoupdate_mode",
     "maintained_field",
+    "maintained_values_written",
     "mark_changed",
     "override_autoupdate",
 ]

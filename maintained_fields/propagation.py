@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,18 +51,23 @@ def process(
     records: Records,
     *,
     instances: tuple[models.Model, ...] = (),
+    batch_size: int | None = None,
+    level: int = logging.DEBUG,
 ) -> None:
     """Recompute every maintained value that ``records`` reach, in one transaction.
 
     Groups of maintained fields are processed in dependency order, so a row
     whose value feeds another's is written before the other is computed, and
     each affected row is recomputed once.  ``instances`` are in-memory
-    objects to update with the values written to their rows.
+    objects to update with the values written to their rows.  A summary is
+    logged at ``level``.
     """
     graph = get_graph()
+    started = time.perf_counter()
     pending: Records = {}
     merge(pending, records)
     in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
+    recomputed: dict[str, tuple[set[Any], set[Any]]] = {}  # label: (rows recomputed, rows changed)
     with transaction.atomic(using=db, savepoint=False):
         for model, specs in graph.order:
             if not pending:
@@ -74,12 +80,12 @@ def process(
                     for hop in dep.hops:
                         pks = pending.pop((dep, hop.index), None)
                         if pks:
-                            for pk in resolve(dep, hop.index, pks, db):
+                            for pk in resolve(dep, hop.index, pks, db, batch_size):
                                 targets.setdefault(pk, set()).add(spec)
             if not targets:
                 continue
             node = graph.nodes[model]
-            changed = recompute(model, targets, db)
+            changed = recompute(model, targets, db, batch_size)
             for instance, old in changed:
                 downstream = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
                 merge(pending, downstream)
@@ -87,14 +93,19 @@ def process(
                 if mine is not None:
                     for attname in old:
                         setattr(mine, attname, getattr(instance, attname))
-            logger.debug(
-                "Recomputed %s of %d %s row(s) on %r: %d changed.",
-                ", ".join(spec.field.name for spec in specs),
-                len(targets),
-                model._meta.label,
-                db,
-                len(changed),
-            )
+            rows, written = recomputed.setdefault(model._meta.label, (set(), set()))
+            rows.update(targets)
+            written.update(instance.pk for instance, _ in changed)
+    if recomputed and logger.isEnabledFor(level):
+        logger.log(
+            level,
+            "Maintained fields on %r: recomputed %d row(s) (%s), %d changed, in %.3fs.",
+            db,
+            sum(len(rows) for rows, _ in recomputed.values()),
+            ", ".join(f"{label} {len(rows)}" for label, (rows, _) in recomputed.items()),
+            sum(len(written) for _, written in recomputed.values()),
+            time.perf_counter() - started,
+        )
 
 
 def recompute_records(specs: Any, pks: Any) -> Records:
@@ -145,7 +156,7 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
     for (db, labels), records in buffer.take().items():
         if exc is None and first_error is None:
             try:
-                process(db, labels, records)
+                process(db, labels, records, level=logging.INFO)
             except BaseException as error:
                 first_error = error
         elif exc is not None and connections[db].in_atomic_block:
@@ -158,7 +169,7 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
 
 def _process_logged(db: str, labels: frozenset[str] | None, records: Records) -> None:
     try:
-        process(db, labels, records)
+        process(db, labels, records, level=logging.INFO)
     except Exception:
         logger.exception(
             "Deferred maintained-field updates on database %r failed; run "

@@ -8,7 +8,7 @@ converts it, differs from the stored one.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from .conf import get_config
 from .graph import Dependency, Spec
+from .signals import maintained_values_written
 
 T = TypeVar("T")
 
@@ -73,13 +74,13 @@ def compute(instance: models.Model, specs: Iterable[Spec]) -> dict[str, tuple[An
     return differences
 
 
-def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str) -> set[Any]:
+def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str, size: int | None = None) -> set[Any]:
     """The primary keys of the maintained rows that reach ``pks`` at hop ``index``."""
     if index == 0:
         return set(pks)
     lookup = f"{dep.hops[index].lookup}__in"
     found: set[Any] = set()
-    for batch in chunks(pks, get_config()["BATCH_SIZE"]):
+    for batch in chunks(pks, size or get_config()["BATCH_SIZE"]):
         found.update(
             models.QuerySet(dep.spec.model, using=db)
             .filter(**{lookup: batch})
@@ -89,27 +90,41 @@ def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str) -> set[A
 
 
 def recompute(
-    model: type[models.Model], targets: dict[Any, set[Spec]], db: str
+    model: type[models.Model], targets: dict[Any, set[Spec]], db: str, size: int | None = None
 ) -> list[tuple[models.Model, dict[str, Any]]]:
     """Recompute the given specs of the given rows and write what changed.
 
     Returns each changed row with its previous values, by attname.  Rows that
     no longer exist are skipped.
     """
-    size = get_config()["BATCH_SIZE"]
+    size = size or get_config()["BATCH_SIZE"]
     changed: list[tuple[models.Model, dict[str, Any]]] = []
     for batch in chunks(sorted(targets), size):
-        groups: dict[frozenset[str], list[models.Model]] = {}
-        for instance in models.QuerySet(model, using=db).filter(pk__in=batch):
-            differences = compute(instance, targets[instance.pk])
-            if not differences:
-                continue
-            for attname, (_, value) in differences.items():
-                setattr(instance, attname, value)
-            groups.setdefault(frozenset(differences), []).append(instance)
-            changed.append((instance, {a: stored for a, (stored, _) in differences.items()}))
-        for attnames, instances in groups.items():
-            write(model, db, instances, sorted(attnames), size)
+        rows = models.QuerySet(model, using=db).filter(pk__in=batch)
+        changed += update_rows(model, db, rows, lambda row: targets[row.pk], size)
+    return changed
+
+
+def update_rows(
+    model: type[models.Model],
+    db: str,
+    rows: Iterable[models.Model],
+    specs_of: Callable[[models.Model], Iterable[Spec]],
+    size: int,
+) -> list[tuple[models.Model, dict[str, Any]]]:
+    """Recompute ``specs_of(row)`` on each of ``rows``, then write the changed values."""
+    changed = []
+    groups: dict[frozenset[str], list[models.Model]] = {}
+    for row in rows:
+        differences = compute(row, specs_of(row))
+        if not differences:
+            continue
+        for attname, (_, value) in differences.items():
+            setattr(row, attname, value)
+        groups.setdefault(frozenset(differences), []).append(row)
+        changed.append((row, {a: stored for a, (stored, _) in differences.items()}))
+    for attnames, instances in groups.items():
+        write(model, db, instances, sorted(attnames), size)
     return changed
 
 
@@ -122,6 +137,12 @@ def write(
         queryset.filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
     else:
         queryset.bulk_update(instances, attnames, batch_size=size)
+    maintained_values_written.send(
+        sender=model,
+        pks=[instance.pk for instance in instances],
+        fields=[model._meta.get_field(a).name for a in attnames],
+        using=db,
+    )
 
 
 def batches(queryset: models.QuerySet, size: int) -> Iterator[list[Any]]:

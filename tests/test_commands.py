@@ -84,3 +84,45 @@ def test_unknown_targets_and_labels_are_clear_errors(db):
         run("rebuild_maintained_fields", "testapp.Smaple")
     with pytest.raises(CommandError, match="No maintained field has the label"):
         run("check_maintained_fields", "--labels", "nope")
+
+
+def test_check_json_report(stale):
+    import json
+
+    study, other = stale
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("check_maintained_fields", "testapp.Study", "--format", "json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["count"] == len(report["drift"]) > 0
+    assert {"model": "testapp.Study", "pk": study.pk, "field": "total_weight", "stored": "0.00",
+            "computed": "3.75"} in report["drift"]
+
+
+def test_check_json_report_when_all_is_right(db):
+    import json
+
+    out = StringIO()
+    call_command("check_maintained_fields", "--format", "json", stdout=out)
+    assert json.loads(out.getvalue()) == {"drift": [], "count": 0}
+
+
+def test_batch_size_option(stale, sql):
+    with sql() as queries:
+        run("rebuild_maintained_fields", "testapp.Sample", "--batch-size", "2", "--verbosity", "0")
+    assert sum('FROM "testapp_sample" WHERE "testapp_sample"."id" IN' in q for q in queries) == 4  # 7 rows, 2 a batch
+    assert run("check_maintained_fields", "testapp.Sample") == ("", "")
+    with pytest.raises(CommandError, match="0 is not a positive number"):
+        run("rebuild_maintained_fields", "--batch-size", "0")
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_database_option():
+    with override_autoupdate(mode="disabled"):
+        study = Study.objects.using("other").create(name="elsewhere")
+        Sample.objects.using("other").create(study=study, name="a")
+    assert run("check_maintained_fields") == ("", "")
+    with pytest.raises(CommandError):
+        run("check_maintained_fields", "--database", "other")
+    run("rebuild_maintained_fields", "--database", "other", "--verbosity", "0")
+    assert Study.objects.using("other").get().sample_count == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.core.management import CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
 
 from ...graph import Spec, get_graph
 
@@ -23,6 +25,25 @@ def add_selection_arguments(parser: Any) -> None:
         metavar="LABEL",
         help="Only the maintained fields with one of these labels.",
     )
+    parser.add_argument(
+        "--database",
+        default=DEFAULT_DB_ALIAS,
+        choices=list(connections),
+        help="The database to work on (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive,
+        metavar="N",
+        help="Rows per query (default: MAINTAINED_FIELDS['BATCH_SIZE']).",
+    )
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ArgumentTypeError(f"{value} is not a positive number")
+    return number
 
 
 def selected_groups(

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DEFAULT_DB_ALIAS, models
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
 
 from ...conf import get_config
 from ...writes import batches, compute
@@ -13,26 +15,52 @@ from ._selection import add_selection_arguments, selected_groups
 class Command(BaseCommand):
     help = (
         "List the rows whose stored maintained values differ from what their "
-        "methods compute, and fail if there are any. Silent when all is right."
+        "methods compute, and fail if there are any. Silent when all is right, "
+        "unless --format json is given."
     )
 
     def add_arguments(self, parser: Any) -> None:
         add_selection_arguments(parser)
+        parser.add_argument(
+            "--format",
+            choices=["text", "json"],
+            default="text",
+            help="json: one JSON document on stdout, {'drift': [...], 'count': N}.",
+        )
 
-    def handle(self, *args: Any, targets: list[str], labels: list[str] | None, **options: Any) -> None:
-        size = get_config()["BATCH_SIZE"]
-        drift = 0
+    def handle(
+        self,
+        *args: Any,
+        targets: list[str],
+        labels: list[str] | None,
+        database: str,
+        batch_size: int | None,
+        format: str,
+        **options: Any,
+    ) -> None:
+        size = batch_size or get_config()["BATCH_SIZE"]
+        drift = []
         for model, specs in selected_groups(targets, labels):
-            for batch in batches(models.QuerySet(model, using=DEFAULT_DB_ALIAS), size):
+            for batch in batches(models.QuerySet(model, using=database), size):
                 for instance in batch:
                     for attname, (stored, computed) in compute(instance, specs).items():
-                        drift += 1
-                        self.stdout.write(
-                            f"{model._meta.label} pk={instance.pk} {attname}: "
-                            f"stored {stored!r}, computed {computed!r}"
-                        )
+                        found = {
+                            "model": model._meta.label,
+                            "pk": instance.pk,
+                            "field": model._meta.get_field(attname).name,
+                            "stored": stored,
+                            "computed": computed,
+                        }
+                        drift.append(found)
+                        if format == "text":
+                            self.stdout.write(
+                                f"{found['model']} pk={instance.pk} {found['field']}: "
+                                f"stored {stored!r}, computed {computed!r}"
+                            )
+        if format == "json":
+            self.stdout.write(json.dumps({"drift": drift, "count": len(drift)}, cls=DjangoJSONEncoder, indent=2))
         if drift:
             raise CommandError(
-                f"{drift} maintained value(s) differ from what their methods compute. "
+                f"{len(drift)} maintained value(s) differ from what their methods compute. "
                 "Run 'manage.py rebuild_maintained_fields' to repair them."
             )

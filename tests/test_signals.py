@@ -1,0 +1,52 @@
+"""What the package tells observers: a signal per batch written, a log line per flush."""
+
+import logging
+
+import pytest
+
+from maintained_fields import maintained_values_written, override_autoupdate
+from tests.testapp.models import Lab, Sample, Study
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def written():
+    seen = []
+
+    def receiver(sender, pks, fields, using, **kwargs):
+        seen.append((sender, sorted(pks), fields, using))
+
+    maintained_values_written.connect(receiver)
+    yield seen
+    maintained_values_written.disconnect(receiver)
+
+
+def test_signal_after_each_batch_written(lab, written):
+    first, second = Study.objects.create(name="1", lab=lab), Study.objects.create(name="2", lab=lab)
+    written.clear()
+    with override_autoupdate(mode="deferred"):
+        Sample.objects.create(study=first, name="a")
+        Sample.objects.create(study=second, name="b")
+    assert (Study, sorted([first.pk, second.pk]), ["sample_count"], "default") in written
+    assert (Lab, [lab.pk], ["sample_total"], "default") in written
+
+
+def test_nothing_is_sent_when_no_value_changes(study, written):
+    sample = Sample.objects.create(study=study, name="a")
+    written.clear()
+    sample.save()
+    assert written == []
+
+
+def test_a_flush_is_logged_with_counts_and_time(lab, study, caplog):
+    with caplog.at_level(logging.INFO, logger="maintained_fields"):
+        with override_autoupdate(mode="deferred"):
+            for name in "abc":
+                Sample.objects.create(study=study, name=name)
+    [record] = [r for r in caplog.records if r.name == "maintained_fields"]
+    assert record.levelno == logging.INFO
+    message = record.getMessage()
+    assert message.startswith("Maintained fields on 'default': recomputed ")
+    assert "testapp.Study 1" in message and "testapp.Lab 1" in message and "testapp.Sample 3" in message
+    assert message.endswith("s.")
