@@ -14,8 +14,10 @@ from .signals import maintained_values_written
 __all__ = [
     "MaintainedManager",
     "MaintainedModel",
+    "MaintainedModelAdminMixin",
     "MaintainedModelMixin",
     "MaintainedQuerySet",
+    "RecomputeMaintainedFields",
     "get_autoupdate_mode",
     "maintained_field",
     "maintained_values_written",
@@ -26,9 +28,17 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The model base classes can only be defined once the app registry is
-    # loading, so they are imported on first use.
+    # loading; the admin and migration support only matter to who uses them.
     if name in ("MaintainedModel", "MaintainedModelMixin"):
         from . import models
 
         return getattr(models, name)
+    if name == "RecomputeMaintainedFields":
+        from .operations import RecomputeMaintainedFields
+
+        return RecomputeMaintainedFields
+    if name == "MaintainedModelAdminMixin":
+        from .admin import MaintainedModelAdminMixin
+
+        return MaintainedModelAdminMixin
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

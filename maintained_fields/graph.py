@@ -64,7 +64,9 @@ class Spec:
     own_triggers: frozenset[str] = frozenset()
 
     def compute(self, instance: models.Model) -> Any:
-        return getattr(instance, self.method_name)()
+        # A migration's historical instance has no methods: lend it the model's.
+        method = getattr(type(instance), self.method_name, None) or getattr(self.model, self.method_name)
+        return method(instance)
 
     def __str__(self) -> str:
         return f"{self.model._meta.label}.{self.field.name}"

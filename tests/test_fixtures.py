@@ -50,3 +50,10 @@ class TestCaseFixtures(TestCase):
 
     def test_test_case_fixtures_are_maintained(self):
         self.assertEqual(Study.objects.get(pk=1).sample_count, 2)
+
+
+def test_inside_a_deferred_scope_the_load_joins_it():
+    with override_autoupdate(mode="deferred"):
+        call_command("loaddata", "survey", verbosity=0)
+        assert Study.objects.get(pk=1).sample_count == 0
+    assert Study.objects.get(pk=1).sample_count == 2

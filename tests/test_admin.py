@@ -1,0 +1,51 @@
+"""Curators editing in the admin: values stay right, and can be repaired there."""
+
+import pytest
+
+from maintained_fields import override_autoupdate
+from tests.conftest import fresh
+from tests.testapp.models import Sample, Study, Tag
+
+pytestmark = pytest.mark.django_db
+
+
+def test_maintained_fields_are_read_only(admin_client, study):
+    page = admin_client.get(f"/admin/testapp/study/{study.pk}/change/").content.decode()
+    assert 'name="name"' in page
+    assert 'name="sample_count"' not in page and 'name="summary"' not in page
+    assert "Soil survey: 0 samples" in page  # shown, not editable
+
+
+def test_editing_in_the_admin_with_inlines_and_many_to_many(admin_client, study):
+    tag = Tag.objects.create(name="red")
+    response = admin_client.post(
+        f"/admin/testapp/study/{study.pk}/change/",
+        {
+            "name": "Renamed",
+            "lab": study.lab_id,
+            "tags": [tag.pk],
+            "samples-TOTAL_FORMS": "1",
+            "samples-INITIAL_FORMS": "0",
+            "samples-0-name": "new sample",
+            "samples-0-weight": "2.5",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    study = fresh(study)
+    assert (study.name, study.sample_count, study.tag_names, study.slug) == ("Renamed", 1, "red", "renamed")
+    assert Sample.objects.get().study_name == "Renamed"
+    assert fresh(tag).study_count == 1
+
+
+def test_recompute_action(admin_client, lab):
+    with override_autoupdate(mode="disabled"):
+        study = Study.objects.create(name="Loaded", lab=lab)
+        Sample.objects.create(study=study, name="a")
+    response = admin_client.post(
+        "/admin/testapp/study/",
+        {"action": "recompute_maintained_fields", "_selected_action": [study.pk]},
+        follow=True,
+    )
+    assert "Recomputed the maintained fields of 1 study." in response.content.decode()
+    assert fresh(study).sample_count == 1
+    assert fresh(lab).sample_total == 1

@@ -1,0 +1,20 @@
+from django.contrib import admin
+
+from maintained_fields import MaintainedModelAdminMixin
+
+from .models import Sample, Study, Tag
+
+
+class SampleInline(admin.TabularInline):
+    model = Sample
+    fields = ["name", "weight"]
+    extra = 1
+
+
+@admin.register(Study)
+class StudyAdmin(MaintainedModelAdminMixin, admin.ModelAdmin):
+    inlines = [SampleInline]
+    readonly_fields = ["slug"]
+
+
+admin.site.register(Tag)
