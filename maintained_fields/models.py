@@ -27,7 +27,8 @@ class MaintainedModelMixin:
     _maintained_fields_mixin = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.update(zip(_SAVE_ARGUMENTS, args))
+        if args:
+            kwargs.update(zip(_SAVE_ARGUMENTS, args))
         propagation.save_instance(self, super().save, kwargs)  # type: ignore[misc]
 
 

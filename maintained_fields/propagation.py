@@ -237,9 +237,11 @@ def records_for(
 def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
     """``MaintainedModelMixin.save()``: compute own-row fields, write, propagate."""
     scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return save(**kwargs)
     node = get_graph().node(type(instance))
     update_fields = kwargs.get("update_fields")
-    if scope.mode == modes.DISABLED or node is None or (update_fields is not None and not update_fields):
+    if node is None or (update_fields is not None and not update_fields):
         return save(**kwargs)
     written = attnames_of(instance, update_fields)
     own_row = own_row_specs(node, scope, written)
@@ -347,14 +349,33 @@ def changed_attnames(
 _loading_fixtures: ContextVar[bool] = ContextVar("maintained_fields_loading_fixtures", default=False)
 
 
+_loads_lock = threading.Lock()
+_loads_running = 0
+
+
 @contextmanager
 def loading_fixtures() -> Iterator[None]:
-    """Record the rows that ``loaddata`` saves raw, into the deferred scope in force."""
+    """Record the rows that ``loaddata`` saves raw, into the deferred scope in force.
+
+    Models whose save() runs the mixin's hear of raw saves only while a load
+    runs, so that their ordinary saves pay for no signal receiver.
+    """
+    global _loads_running
+    with _loads_lock:
+        _loads_running += 1
+        if _loads_running == 1:
+            for sender in _saved_by_mixin:
+                signals.pre_save.connect(_pre_save_raw, sender=sender, dispatch_uid=_uid(sender))
     token = _loading_fixtures.set(True)
     try:
         yield
     finally:
         _loading_fixtures.reset(token)
+        with _loads_lock:
+            _loads_running -= 1
+            if _loads_running == 0:
+                for sender in _saved_by_mixin:
+                    signals.pre_save.disconnect(sender=sender, dispatch_uid=_uid(sender))
 
 
 def _pre_save_raw(sender, instance, raw, using, **kwargs) -> None:
@@ -489,24 +510,31 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
     """Connect the signal receivers that the graph needs, to each model and its proxies.
 
-    A model whose save() runs MaintainedModelMixin's is handled there, but for
-    the raw saves of ``loaddata``; the others (plain models that maintained
+    A model whose save() runs MaintainedModelMixin's is handled there (and its
+    raw saves in loading_fixtures()); the others (plain models that maintained
     fields depend on) through signals.
     """
+    _saved_by_mixin.clear()
     for model, node in graph.nodes.items():
         for sender in [m for m in all_models if m._meta.concrete_model is model]:
-            uid = f"maintained_fields:{sender._meta.label}"
+            uid = _uid(sender)
             if mixin_problem(model) is not None:
                 signals.pre_save.connect(_pre_save, sender=sender, dispatch_uid=uid)
                 signals.post_save.connect(_post_save, sender=sender, dispatch_uid=uid)
             else:
-                signals.pre_save.connect(_pre_save_raw, sender=sender, dispatch_uid=uid)
+                _saved_by_mixin.append(sender)
             if any(hop.index > 0 for _, hop in node.edges):
                 signals.pre_delete.connect(_pre_delete, sender=sender, dispatch_uid=uid)
                 signals.post_delete.connect(_post_delete, sender=sender, dispatch_uid=uid)
     for through in graph.m2m:
-        uid = f"maintained_fields:{through._meta.label}"
-        signals.m2m_changed.connect(_m2m_changed, sender=through, dispatch_uid=uid)
+        signals.m2m_changed.connect(_m2m_changed, sender=through, dispatch_uid=_uid(through))
+
+
+_saved_by_mixin: list[type[models.Model]] = []
+
+
+def _uid(sender: type[models.Model]) -> str:
+    return f"maintained_fields:{sender._meta.label}"
 
 
 def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: str | None = None) -> None:
