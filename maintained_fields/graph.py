@@ -80,6 +80,8 @@ class ModelNode:
     own_row: tuple[Spec, ...] = ()
     related: tuple[Spec, ...] = ()
     edges: tuple[tuple[Dependency, Hop], ...] = ()
+    # The edges left once save() has computed the own-row fields itself.
+    saved_edges: tuple[tuple[Dependency, Hop], ...] = ()
     # Attnames read before an update, to tell what the write changes.
     tracked: frozenset[str] = frozenset()
     # Attnames of fields maintained from other rows: only the library writes them.
@@ -424,6 +426,7 @@ def _index(graph: Graph) -> None:
     for model, model_edges in edges.items():
         node = nodes.setdefault(model, ModelNode(model))
         node.edges = tuple(model_edges)
+        node.saved_edges = tuple((dep, hop) for dep, hop in model_edges if not (hop.index == 0 and dep.spec.own_row))
         node.up_links = frozenset(hop.up_link for _, hop in model_edges if hop.kind == REVERSE)
         node.tracked = frozenset().union(
             *(

@@ -208,10 +208,9 @@ def records_for(
     (every trigger counts); ``old`` the values the row had before it.
     """
     records: Records = {}
-    for dep, hop in node.edges:
+    pk = instance.pk
+    for dep, hop in node.saved_edges if own_row_done else node.edges:
         if labels is not None and dep.spec.label not in labels:
-            continue
-        if hop.index == 0 and own_row_done and dep.spec.own_row:
             continue
         if not created and hop.triggers is not None:
             if changed is None:
@@ -220,14 +219,23 @@ def records_for(
             elif not hop.triggers & changed:
                 continue
         if hop.kind == REVERSE:
-            values = {getattr(instance, hop.up_link)}
-            if old is not None and hop.up_link in old:
-                values.add(old[hop.up_link])
-            values.discard(None)
-            if values:
-                records.setdefault((dep, hop.index - 1), set()).update(values)
-        elif instance.pk is not None:
-            records.setdefault((dep, hop.index), set()).add(instance.pk)
+            parent = getattr(instance, hop.up_link)
+            previous = old.get(hop.up_link) if old else None
+            for value in (parent, previous) if previous != parent else (parent,):
+                if value is not None:
+                    key = (dep, hop.index - 1)
+                    found = records.get(key)
+                    if found is None:
+                        records[key] = {value}
+                    else:
+                        found.add(value)
+        elif pk is not None:
+            key = (dep, hop.index)
+            found = records.get(key)
+            if found is None:
+                records[key] = {pk}
+            else:
+                found.add(pk)
     return records
 
 
