@@ -13,7 +13,7 @@ from .graph import get_graph
 from .propagation import process, recompute_records
 
 
-@admin.action(description="Recompute maintained fields of the selected %(verbose_name_plural)s")
+@admin.action(description="Recompute maintained fields of the selected %(verbose_name_plural)s", permissions=["change"])
 def recompute_maintained_fields(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     node = get_graph().node(queryset.model)
     specs = (*node.own_row, *node.related) if node else ()
@@ -40,9 +40,7 @@ class MaintainedModelAdminMixin:
         maintained = [s.field.name for s in (*node.own_row, *node.related)] if node else []
         return fields + tuple(name for name in maintained if name not in fields)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)  # type: ignore[misc]
-        if self.has_change_permission(request):  # type: ignore[attr-defined]
-            action = self.get_action(recompute_maintained_fields)  # type: ignore[attr-defined]
-            actions[action[1]] = action
-        return actions
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.actions is not None:  # None turns a ModelAdmin's actions off
+            self.actions = (*self.actions, recompute_maintained_fields)  # type: ignore[has-type]
