@@ -20,7 +20,11 @@ def fresh(instance):
 
 @pytest.fixture
 def sql():
-    """Capture the SQL run inside ``with sql() as queries:`` (a list of strings)."""
+    """Capture the SQL run inside ``with sql() as queries:`` (a list of strings).
+
+    MySQL's backquotes are written as double quotes, so that one expected
+    statement fits every database.
+    """
     from contextlib import contextmanager
 
     from django.db import connection
@@ -31,6 +35,6 @@ def sql():
         statements = []
         with CaptureQueriesContext(connection) as context:
             yield statements
-        statements.extend(q["sql"] for q in context.captured_queries)
+        statements.extend(q["sql"].replace("`", '"') for q in context.captured_queries)
 
     return capture

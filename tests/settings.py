@@ -1,4 +1,12 @@
-"""Settings for the test suite: SQLite unless DATABASE_URL names another database."""
+"""Settings for the test suite: SQLite unless DATABASE_URL names another database.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python runtests.py
+    DATABASE_URL=mysql://root@127.0.0.1:3306/test python runtests.py
+"""
+
+import os
+
+import dj_database_url
 
 SECRET_KEY = "tests"
 USE_TZ = True
@@ -11,9 +19,13 @@ INSTALLED_APPS = [
     "maintained_fields",
     "tests.testapp",
 ]
-DATABASES = {
-    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
-    "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", "sqlite://:memory:"))}
+if DATABASES["default"]["ENGINE"].endswith("mysql"):
+    DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+# A second database, for the tests of work written where its rows live.
+DATABASES["other"] = {
+    **DATABASES["default"],
+    "NAME": DATABASES["default"]["NAME"] if DATABASES["default"]["NAME"] == ":memory:" else "other",
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING_CONFIG = None

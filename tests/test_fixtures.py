@@ -4,9 +4,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django.test import TestCase
-from django.test.utils import CaptureQueriesContext
 
 from maintained_fields import override_autoupdate
 from tests.testapp.models import Lab, Sample, Study
@@ -14,8 +12,8 @@ from tests.testapp.models import Lab, Sample, Study
 pytestmark = pytest.mark.django_db
 
 
-def test_fixture_rows_are_maintained_once_at_the_end():
-    with CaptureQueriesContext(connection) as queries:
+def test_fixture_rows_are_maintained_once_at_the_end(sql):
+    with sql() as queries:
         call_command("loaddata", "survey", verbosity=0)
     soil, water = Study.objects.order_by("pk")
     assert (soil.sample_count, water.sample_count) == (2, 1)
@@ -27,7 +25,7 @@ def test_fixture_rows_are_maintained_once_at_the_end():
         ("A2", "Soil survey", "North"),
         ("B1", "Water survey", "North"),
     ]
-    counts = [q["sql"] for q in queries if 'COUNT(*) AS "__count" FROM "testapp_sample"' in q["sql"]]
+    counts = [q for q in queries if 'COUNT(*) AS "__count" FROM "testapp_sample"' in q]
     assert len(counts) == 2  # once per study, not once per sample
     call_command("check_maintained_fields")
 

@@ -160,7 +160,18 @@ class TestAsyncTasks:
         assert asyncio.run(main()) == "immediate"
 
 
+@pytest.fixture
+def close_executor_connections():
+    """sync_to_async runs the ORM in a long-lived executor thread: close its
+    connection after the test, so the test database can be dropped."""
+    yield
+    from django.db import connections
+
+    asyncio.run(sync_to_async(connections.close_all)())
+
+
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_executor_connections")
 class TestAsyncDatabase:
     def test_async_with_flushes_through_sync_to_async(self, study):
         async def main():

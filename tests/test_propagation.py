@@ -205,12 +205,13 @@ class TestWrites:
         assert fresh(study).sample_count == 1
 
     def test_unchanged_values_are_not_rewritten(self, study, sql):
-        Sample.objects.create(study=study, name="a", weight=Decimal("1.005"))
-        sample = Sample.objects.get()
+        light = Sample.objects.create(study=study, name="a", weight=Decimal("1.00"))
+        heavy = Sample.objects.create(study=study, name="b", weight=Decimal("2.00"))
+        light.weight, heavy.weight = heavy.weight, Decimal("1.000")
         with sql() as queries:
-            sample.weight = Decimal("1.00")
-            sample.save()
+            Sample.objects.bulk_update([light, heavy], ["weight"])
         assert [q for q in queries if q.startswith('UPDATE "testapp_study"')] == []
+        assert fresh(study).total_weight == Decimal("3.00")
 
     def test_decimal_values_are_stored_as_the_field_rounds_them(self, study):
         Sample.objects.create(study=study, name="a", weight=Decimal("0.10"))
