@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_MODE": "immediate",
     # Rows loaded, recomputed and written per query.
     "BATCH_SIZE": 500,
+    # Lock each row before recomputing it, so that concurrent writers cannot
+    # both compute from a state that misses the other's rows.
+    "LOCK_ROWS": True,
 }
 
 
@@ -57,6 +60,10 @@ def validate(value: Any) -> dict[str, Any]:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ImproperlyConfigured(
             f"MAINTAINED_FIELDS['BATCH_SIZE'] is {size!r}; use a positive integer."
+        )
+    if not isinstance(config["LOCK_ROWS"], bool):
+        raise ImproperlyConfigured(
+            f"MAINTAINED_FIELDS['LOCK_ROWS'] is {config['LOCK_ROWS']!r}; use True or False."
         )
     return config
 

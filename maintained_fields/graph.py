@@ -99,6 +99,8 @@ class Graph:
     order: tuple[tuple[type[models.Model], tuple[Spec, ...]], ...] = ()
     labels: frozenset[str] = frozenset()
     errors: list[checks.CheckMessage] = field(default_factory=list)
+    # Each maintained model's position in ``order``, where process() locks rows.
+    model_order: dict[type[models.Model], int] = field(default_factory=dict)
 
     def node(self, model: type[models.Model]) -> ModelNode | None:
         return self.nodes.get(model._meta.concrete_model)
@@ -381,6 +383,8 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
         )
     graph.specs = tuple(spec for _, group in order for spec in group)
     graph.order = tuple(order)
+    for position, (model, _) in enumerate(order):
+        graph.model_order.setdefault(model, position)
     graph.labels = frozenset(s.label for s in graph.specs if s.label is not None)
 
 

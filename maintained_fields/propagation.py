@@ -24,8 +24,9 @@ from django.db import connections, models, router, transaction
 from django.db.models import signals
 
 from . import modes
+from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph, mixin_problem
-from .writes import normalize, recompute, resolve
+from .writes import lock, normalize, recompute, resolve
 
 logger = logging.getLogger("maintained_fields")
 
@@ -290,6 +291,8 @@ def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | 
 def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True)
+    if scope.mode == modes.IMMEDIATE:
+        lock_parents(instance, node, old, using)
     compute_own_row(instance, own_row)
     save(**kwargs)
     records = records_for(
@@ -340,6 +343,33 @@ def _read_before(
         for attname in node.related_attnames & columns:
             setattr(instance, attname, row[attname])
     return row
+
+
+def lock_parents(instance: models.Model, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
+    """Lock, before a write, the parent rows it will lead to recompute.
+
+    On MySQL and MariaDB inserting or moving a child takes a shared lock on
+    its parent, which conflicts with the exclusive lock taken to recompute
+    the parent: two writers holding the first would wait for each other's
+    second.  Taking the exclusive lock first, in the order process() takes
+    locks, makes them queue instead.  PostgreSQL's FOR NO KEY UPDATE does not
+    conflict with the child's key-share lock, so it needs none of this.
+    """
+    features = connections[using].features
+    if features.has_select_for_no_key_update or not features.has_select_for_update:
+        return
+    if not get_config()["LOCK_ROWS"] or not connections[using].in_atomic_block:
+        return
+    parents: dict[type[models.Model], set[Any]] = {}
+    for dep, hop in node.saved_edges:
+        if hop.kind == REVERSE and hop.index == 1:
+            for value in (getattr(instance, hop.up_link), old.get(hop.up_link) if old else None):
+                if value is not None:
+                    parents.setdefault(dep.spec.model, set()).add(value)
+    order = get_graph().model_order
+    for model in sorted(parents, key=order.__getitem__):
+        rows = models.QuerySet(model, using=using).filter(pk__in=sorted(parents[model])).order_by("pk")
+        list(lock(rows).values_list("pk"))
 
 
 def changed_attnames(
@@ -409,6 +439,8 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
     node = get_graph().node(sender)
     written = attnames_of(instance, update_fields)
     old = _read_before(instance, node, using, written, refresh=False)
+    if scope.mode == modes.IMMEDIATE:
+        lock_parents(instance, node, old, using)
     instance.__dict__[_OLD] = (instance._state.adding, written, old)
 
 

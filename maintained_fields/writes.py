@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connections, models
 from django.utils import timezone
 
 from .conf import get_config
@@ -97,12 +97,26 @@ def recompute(
     Returns each changed row with its previous values, by attname.  Rows that
     no longer exist are skipped.
     """
-    size = size or get_config()["BATCH_SIZE"]
+    config = get_config()
+    size = size or config["BATCH_SIZE"]
     changed: list[tuple[models.Model, dict[str, Any]]] = []
+    # Sorted, so that concurrent writers lock rows in one order and cannot deadlock.
     for batch in chunks(sorted(targets), size):
-        rows = models.QuerySet(model, using=db).filter(pk__in=batch)
+        rows = models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")
+        if config["LOCK_ROWS"]:
+            rows = lock(rows)
         changed += update_rows(model, db, rows, lambda row: targets[row.pk], size)
     return changed
+
+
+def lock(rows: models.QuerySet) -> models.QuerySet:
+    """``rows`` locked for the rest of the transaction, as the database can.
+
+    PostgreSQL takes ``FOR NO KEY UPDATE``, which does not conflict with the
+    key-share locks that inserting a child row takes on its parent.
+    """
+    features = connections[rows.db].features
+    return rows.select_for_update(no_key=features.has_select_for_no_key_update)
 
 
 def update_rows(

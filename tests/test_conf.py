@@ -10,7 +10,7 @@ from maintained_fields.conf import get_config
 
 def test_partial_dict_keeps_the_other_defaults():
     with override_settings(MAINTAINED_FIELDS={"BATCH_SIZE": 7}):
-        assert get_config() == {"DEFAULT_MODE": "immediate", "BATCH_SIZE": 7}
+        assert get_config() == {"DEFAULT_MODE": "immediate", "BATCH_SIZE": 7, "LOCK_ROWS": True}
 
 
 def test_missing_setting_means_the_defaults():
@@ -28,6 +28,7 @@ def test_missing_setting_means_the_defaults():
         ({"DEFAULT_MODE": "off"}, "DEFAULT_MODE'] is 'off'; use 'immediate' or 'disabled'"),
         ({"DEFAULT_MODE": "deferred"}, "the default has no end"),
         ({"BATCH_SIZE": 0}, "BATCH_SIZE'] is 0; use a positive integer"),
+        ({"LOCK_ROWS": "yes"}, "LOCK_ROWS'] is 'yes'; use True or False"),
         (["DEFAULT_MODE"], "must be a dict, not list"),
     ],
 )
