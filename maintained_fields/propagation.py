@@ -26,7 +26,7 @@ from django.db.models import signals
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph, mixin_problem
-from .writes import lock, normalize, recompute, resolve
+from .writes import chunks, lock, normalize, recompute, resolve
 
 logger = logging.getLogger("maintained_fields")
 
@@ -70,19 +70,16 @@ def process(
     in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
     recomputed: dict[str, tuple[set[Any], set[Any]]] = {}  # label: (rows recomputed, rows changed)
     with transaction.atomic(using=db, savepoint=False):
-        for model, specs in graph.order:
-            if not pending:
-                break
-            targets: dict[Any, set[Spec]] = {}
-            for spec in specs:
-                if labels is not None and spec.label not in labels:
-                    continue
-                for dep in (spec.itself, *spec.deps):
-                    for hop in dep.hops:
-                        pks = pending.pop((dep, hop.index), None)
-                        if pks:
-                            for pk in resolve(dep, hop.index, pks, db, batch_size):
-                                targets.setdefault(pk, set()).add(spec)
+        # Resolve and lock what is known now, model by model in one order for
+        # every writer: a model's rows locked group by group would let two
+        # writers each hold a row the other wants next.
+        known = [_targets(specs, pending, labels, db, batch_size) for _, specs in graph.order]
+        if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
+            _lock_targets(graph, known, db)
+        for (model, specs), targets in zip(graph.order, known):
+            if pending:
+                for pk, found in _targets(specs, pending, labels, db, batch_size).items():
+                    targets.setdefault(pk, set()).update(found)
             if not targets:
                 continue
             node = graph.nodes[model]
@@ -107,6 +104,32 @@ def process(
             sum(len(written) for _, written in recomputed.values()),
             time.perf_counter() - started,
         )
+
+
+def _targets(
+    specs: tuple[Spec, ...], pending: Records, labels: frozenset[str] | None, db: str, size: int | None
+) -> dict[Any, set[Spec]]:
+    """Take the pending records of ``specs`` out of ``pending``, as {pk: specs to recompute}."""
+    targets: dict[Any, set[Spec]] = {}
+    for spec in specs:
+        if labels is not None and spec.label not in labels:
+            continue
+        for dep in (spec.itself, *spec.deps):
+            for hop in dep.hops:
+                pks = pending.pop((dep, hop.index), None)
+                if pks:
+                    for pk in resolve(dep, hop.index, pks, db, size):
+                        targets.setdefault(pk, set()).add(spec)
+    return targets
+
+
+def _lock_targets(graph: Graph, known: list[dict[Any, set[Spec]]], db: str) -> None:
+    by_model: dict[type[models.Model], set[Any]] = {}
+    for (model, _), targets in zip(graph.order, known):
+        by_model.setdefault(model, set()).update(targets)
+    for model, pks in by_model.items():  # in graph order: dicts keep insertion order
+        for batch in chunks(sorted(pks), get_config()["BATCH_SIZE"]):
+            list(lock(models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")).values_list("pk"))
 
 
 def recompute_records(specs: Any, pks: Any) -> Records:
