@@ -75,7 +75,7 @@ def process(
         # writers each hold a row the other wants next.
         known = [_targets(specs, pending, labels, db, batch_size) for _, specs in graph.order]
         if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-            _lock_targets(graph, known, db)
+            _lock_targets(graph, known, db, batch_size or get_config()["BATCH_SIZE"])
         for (model, specs), targets in zip(graph.order, known):
             if pending:
                 for pk, found in _targets(specs, pending, labels, db, batch_size).items():
@@ -123,12 +123,12 @@ def _targets(
     return targets
 
 
-def _lock_targets(graph: Graph, known: list[dict[Any, set[Spec]]], db: str) -> None:
+def _lock_targets(graph: Graph, known: list[dict[Any, set[Spec]]], db: str, size: int) -> None:
     by_model: dict[type[models.Model], set[Any]] = {}
     for (model, _), targets in zip(graph.order, known):
         by_model.setdefault(model, set()).update(targets)
     for model, pks in by_model.items():  # in graph order: dicts keep insertion order
-        for batch in chunks(sorted(pks), get_config()["BATCH_SIZE"]):
+        for batch in chunks(sorted(pks), size):
             list(lock(models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")).values_list("pk"))
 
 

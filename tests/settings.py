@@ -19,7 +19,7 @@ INSTALLED_APPS = [
     "maintained_fields",
     "tests.testapp",
 ]
-DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", "sqlite://:memory:"))}
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("mysql"):
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 # A second database, for the tests of work written where its rows live.
