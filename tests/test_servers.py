@@ -1,0 +1,262 @@
+"""The mode switch under the servers Django is deployed on.
+
+Each server starts on loopback in a fixture, serves tests/serverproject,
+and gets 2,000 concurrent, interleaved requests: mass loads in deferred
+scopes, validations in disabled scopes of which half raise, and requests
+that set no mode.  Every request must see exactly the mode its own code set,
+a request that raised must leave nothing behind (Django's 500 handler, which
+runs next on the same worker, reports the mode there), and the database must
+end with no drift.
+"""
+
+import asyncio
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tests.concurrency import database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+REQUESTS = 2000
+CONCURRENCY = 16
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
+
+
+@pytest.fixture
+def server_db(tmp_path):
+    """A database URL the servers' processes can share, set up with three studies."""
+    if connection.vendor == "sqlite":
+        url = f"sqlite:///{tmp_path / 'servers.sqlite3'}"
+        django_admin(url, "migrate", "--run-syncdb", "--verbosity", "0")
+    else:
+        url = database_url(connection.settings_dict)
+    django_admin(url, "loaddata", "servers", "--verbosity", "0")
+    yield url
+    result = django_admin(url, "check_maintained_fields", check=False)
+    assert result.returncode == 0, f"drift after the run:\n{result.stdout}{result.stderr}"
+
+
+def environment(url):
+    return {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.serverproject.settings",
+            "PYTHONPATH": str(ROOT)}
+
+
+def django_admin(url, *args, check=True):
+    return subprocess.run([sys.executable, "-m", "django", *args], env=environment(url), cwd=ROOT,
+                          capture_output=True, text=True, check=check, timeout=300)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url, command):
+        self.port = free_port()
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen([part.format(port=self.port) for part in command], env=environment(url),
+                                        cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # its own process group, workers and all
+
+    def wait(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if request(self.port, "/mode/")[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"the server did not start:\n{self.output()}")
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read()[-5000:]
+
+    def stop(self):
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever worker processes outlived their parent
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def request(port, path, connection_=None):
+    conn = connection_ or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    if connection_ is None:
+        conn.close()
+    return response.status, json.loads(body) if body.startswith(b"{") else {}
+
+
+def plan(prefixes, count=REQUESTS, seed=0):
+    """Interleaved requests: (path, expected status, expected mode seen)."""
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(count):
+        prefix = rng.choice(prefixes)
+        kind = rng.random()
+        study = rng.randint(1, 3)
+        if kind < 0.25:
+            requests.append((f"{prefix}load/?study={study}", 200, "deferred"))
+        elif kind < 0.5:
+            requests.append((f"{prefix}validate/?study={study}", 200, "disabled"))
+        elif kind < 0.75:
+            requests.append((f"{prefix}validate/?study={study}&fail=1", 500, None))
+        else:
+            requests.append((f"{prefix}mode/", 200, "immediate"))
+    return requests
+
+
+def fire(port, requests):
+    """Send the requests from CONCURRENCY threads; return (request, status, body) triples."""
+    chunks = [requests[i::CONCURRENCY] for i in range(CONCURRENCY)]
+
+    def run(chunk):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        results = []
+        for path, status, seen in chunk:
+            try:
+                results.append(((path, status, seen), *request(port, path, conn)))
+            except (http.client.HTTPException, OSError):  # a server closing keep-alive: reconnect
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                results.append(((path, status, seen), *request(port, path, conn)))
+        conn.close()
+        return results
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return [result for results in pool.map(run, chunks) for result in results]
+
+
+def assert_isolated(results):
+    assert len(results) >= REQUESTS
+    wrong = [(req, status, body) for req, status, body in results
+             if status != req[1] or body.get("after") != "immediate" or (req[2] and body.get("seen") != req[2])]
+    assert wrong == [], f"{len(wrong)} requests saw a mode not their own, e.g. {wrong[:3]}"
+    workers = Counter(body["worker"] for _, _, body in results)
+    failures = sum(1 for _, status, _ in results if status == 500)
+    return len(workers), failures
+
+
+SERVERS = {
+    "gunicorn-sync": [str(BIN / "gunicorn"), "tests.serverproject.wsgi", "-b", "127.0.0.1:{port}", "-w", "2",
+                      "--worker-class", "sync", "--log-level", "warning"],
+    "gunicorn-gthread": [str(BIN / "gunicorn"), "tests.serverproject.wsgi", "-b", "127.0.0.1:{port}", "-w", "2",
+                         "--threads", "8", "--worker-class", "gthread", "--log-level", "warning"],
+    "uvicorn": [str(BIN / "uvicorn"), "tests.serverproject.asgi:application", "--host", "127.0.0.1",
+                "--port", "{port}", "--workers", "2", "--log-level", "warning"],
+    "daphne": [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", "{port}", "-v", "0",
+               "tests.serverproject.asgi:application"],
+    "runserver": [sys.executable, "-m", "django", "runserver", "127.0.0.1:{port}", "--noreload", "--skip-checks"],
+}
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_server_keeps_every_request_in_its_own_mode(name, server_db):
+    server = Server(server_db, SERVERS[name]).wait()
+    try:
+        results = fire(server.port, plan(["/", "/async/"], seed=len(name)))
+    finally:
+        server.stop()
+    workers, failures = assert_isolated(results)
+    assert failures > REQUESTS // 5
+    print(f"\n{name}: {len(results)} requests, {failures} raised, {workers} workers seen")
+
+
+def test_django_test_client_with_interleaved_async_requests(settings):
+    from django.test import AsyncClient
+
+    from tests.testapp.models import Lab, Study
+
+    settings.ROOT_URLCONF = "tests.serverproject.urls"
+    settings.DEBUG_PROPAGATE_EXCEPTIONS = False
+    lab = Lab.objects.create(name="Shared")
+    for pk in (1, 2, 3):
+        Study.objects.create(pk=pk, name=str(pk), lab=lab)
+    requests = plan(["/async/"], seed=7)
+
+    async def run():
+        client = AsyncClient(raise_request_exception=False)
+        results = []
+        for start in range(0, len(requests), 50):  # fifty tasks interleaving at a time
+            batch = requests[start:start + 50]
+            responses = await asyncio.gather(*(client.get(path) for path, _, _ in batch))
+            results += [(req, r.status_code, json.loads(r.content)) for req, r in zip(batch, responses)]
+        return results
+
+    assert_isolated(asyncio.run(run()))
+    from django.core.management import call_command
+
+    call_command("check_maintained_fields")
+
+
+def redis_available():
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not redis_available(), reason="Celery's broker, Redis, is not running on 127.0.0.1:6379")
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_celery_worker_keeps_every_task_in_its_own_mode(pool, server_db):
+    from celery import Celery
+
+    broker = "redis://127.0.0.1:6379/14"
+    client = Celery(broker=broker, backend=broker)
+    client.connection_for_write().default_channel.client.flushdb()
+    worker = Server(server_db, [str(BIN / "celery"), "-A", "tests.serverproject", "worker", "--pool", pool,
+                                "--concurrency", "4", "--loglevel", "WARNING", "--without-gossip",
+                                "--without-mingle", "--without-heartbeat"])
+    try:
+        rng = random.Random(3)
+        sent = []
+        for _ in range(REQUESTS):
+            kind = rng.random()
+            if kind < 0.25:
+                sent.append(("deferred", client.send_task("tests.serverproject.tasks.load", [rng.randint(1, 3)])))
+            elif kind < 0.5:
+                sent.append(("disabled", client.send_task("tests.serverproject.tasks.validate", [False])))
+            elif kind < 0.75:
+                sent.append((None, client.send_task("tests.serverproject.tasks.validate", [True])))
+            else:
+                sent.append(("immediate", client.send_task("tests.serverproject.tasks.mode")))
+        wrong, failed = [], 0
+        for expected, result in sent:
+            value = result.get(timeout=120, propagate=False)
+            if expected is None:
+                failed += isinstance(value, ValueError)
+                wrong += [] if isinstance(value, ValueError) else [value]
+            elif not isinstance(value, dict) or value["seen"] != expected:
+                wrong.append((expected, value))
+    finally:
+        worker.stop()
+    assert wrong == [], f"{len(wrong)} tasks saw a mode not their own, e.g. {wrong[:3]}\n{worker.output()}"
+    assert failed > REQUESTS // 5
