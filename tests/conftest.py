@@ -38,3 +38,16 @@ def sql():
         statements.extend(q["sql"].replace("`", '"') for q in context.captured_queries)
 
     return capture
+
+
+@pytest.fixture
+def close_executor_connections():
+    """sync_to_async runs the ORM in a long-lived executor thread: close its
+    connection after the test, so the test database can be dropped."""
+    yield
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    asyncio.run(sync_to_async(connections.close_all)())

@@ -160,16 +160,6 @@ class TestAsyncTasks:
         assert asyncio.run(main()) == "immediate"
 
 
-@pytest.fixture
-def close_executor_connections():
-    """sync_to_async runs the ORM in a long-lived executor thread: close its
-    connection after the test, so the test database can be dropped."""
-    yield
-    from django.db import connections
-
-    asyncio.run(sync_to_async(connections.close_all)())
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("close_executor_connections")
 class TestAsyncDatabase:

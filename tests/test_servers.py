@@ -189,6 +189,7 @@ def test_server_keeps_every_request_in_its_own_mode(name, server_db):
     print(f"\n{name}: {len(results)} requests, {failures} raised, {workers} workers seen")
 
 
+@pytest.mark.usefixtures("close_executor_connections")
 def test_django_test_client_with_interleaved_async_requests(settings):
     from django.test import AsyncClient
 
