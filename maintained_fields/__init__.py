@@ -8,8 +8,8 @@ from typing import Any
 from .declarations import maintained_field
 from .managers import MaintainedManager, MaintainedQuerySet
 from .modes import get_autoupdate_mode, override_autoupdate
-from .propagation import mark_changed
 from .signals import maintained_values_written
+from .tracking import mark_changed
 
 __all__ = [
     "MaintainedManager",

@@ -6,7 +6,7 @@ class MaintainedFieldsConfig(AppConfig):
     verbose_name = "Maintained fields"
 
     def ready(self) -> None:
-        from . import checks, conf, graph, propagation  # noqa: F401  (conf validates the setting)
+        from . import checks, conf, graph, tracking  # noqa: F401  (conf validates the setting)
 
         all_models = apps.get_models(include_auto_created=True)
-        propagation.connect(graph.load(), all_models)
+        tracking.connect(graph.load(), all_models)

@@ -17,16 +17,8 @@ from django.db import models, transaction
 from . import modes
 from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
-from .propagation import (
-    Records,
-    changed_attnames,
-    compute_own_row,
-    dispatch,
-    merge,
-    own_row_specs,
-    recompute_records,
-    records_for,
-)
+from .propagation import Records, dispatch, merge, recompute_records, records_for
+from .tracking import changed_attnames, compute_own_row, own_row_specs
 from .writes import chunks
 
 

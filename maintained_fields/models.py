@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import models
 
-from . import propagation
+from . import tracking
 from .managers import MaintainedManager
 
 _SAVE_ARGUMENTS = ("force_insert", "force_update", "using", "update_fields")
@@ -29,7 +29,7 @@ class MaintainedModelMixin:
     def save(self, *args: Any, **kwargs: Any) -> None:
         if args:
             kwargs.update(zip(_SAVE_ARGUMENTS, args))
-        propagation.save_instance(self, super().save, kwargs)  # type: ignore[misc]
+        tracking.save_instance(self, super().save, kwargs)  # type: ignore[misc]
 
 
 class MaintainedModel(MaintainedModelMixin, models.Model):

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.commands import loaddata
 
 from ...modes import DISABLED, get_autoupdate_mode, override_autoupdate
-from ...propagation import loading_fixtures
+from ...tracking import loading_fixtures
 
 
 class Command(loaddata.Command):

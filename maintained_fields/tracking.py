@@ -1,0 +1,404 @@
+"""Where writes are caught: save(), the signals of plain models, deletes,
+many-to-many changes, fixture loads and mark_changed().
+
+Each turns what it sees into records (see :mod:`maintained_fields.propagation`)
+and dispatches them as the mode in force says.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import SimpleNamespace
+from typing import Any
+
+from django.db import connections, models, router, transaction
+from django.db.models import signals
+
+from . import modes
+from .conf import get_config
+from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
+from .propagation import Records, dispatch, merge, recompute_records, records_for
+from .writes import lock, normalize, resolve
+
+_OLD = "_maintained_fields_old"
+_CLEARED = "_maintained_fields_cleared"
+_DELETING = "_maintained_fields_deleting"
+
+
+def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
+    """``MaintainedModelMixin.save()``: compute own-row fields, write, propagate."""
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return save(**kwargs)
+    node = get_graph().node(type(instance))
+    update_fields = kwargs.get("update_fields")
+    if node is None or (update_fields is not None and not update_fields):
+        return save(**kwargs)
+    written = attnames_of(instance, update_fields)
+    own_row = own_row_specs(node, scope, written)
+    if written is not None:
+        added = [spec.field.name for spec in own_row if spec.field.attname not in written]
+        if added:
+            kwargs["update_fields"] = [*update_fields, *added]
+            written |= {spec.field.attname for spec in own_row}
+    using = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
+    if scope.mode == modes.IMMEDIATE:
+        with transaction.atomic(using=using, savepoint=False):
+            _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+    else:
+        _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+
+
+def own_row_specs(node: ModelNode, scope: modes.Scope, written: frozenset[str] | None) -> list[Spec]:
+    """The own-row fields a write of ``written`` (None: every field) recomputes."""
+    return [
+        spec
+        for spec in node.own_row
+        if (scope.labels is None or spec.label in scope.labels)
+        and (not spec.own_triggers or written is None or spec.own_triggers & written)
+    ]
+
+
+def compute_own_row(instance: models.Model, specs: list[Spec]) -> None:
+    for spec in specs:
+        setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
+
+
+def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
+    if update_fields is None:
+        return None
+    return frozenset(instance._meta.get_field(name).attname for name in update_fields)
+
+
+def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
+    adding = instance._state.adding
+    old = _read_before(instance, node, using, written, refresh=True)
+    if scope.mode == modes.IMMEDIATE:
+        lock_parents(instance, node, old, using)
+    compute_own_row(instance, own_row)
+    save(**kwargs)
+    records = records_for(
+        node,
+        instance,
+        labels=scope.labels,
+        created=adding or old == {},
+        changed=changed_attnames(instance, node, written, old),
+        old=old,
+        own_row_done=True,
+    )
+    dispatch(scope, using, records, (instance,))
+
+
+def _read_before(
+    instance: models.Model,
+    node: ModelNode,
+    using: str,
+    written: frozenset[str] | None,
+    refresh: bool,
+) -> dict[str, Any] | None:
+    """The tracked values the row holds before an update: {} if there is no row,
+    None if nothing needed reading.
+
+    With ``refresh``, the instance's copies of fields maintained from other
+    rows are replaced by the database's, so that a stale instance never writes
+    an old value back.
+    """
+    if instance.pk is None:
+        return None
+    pk_field = instance._meta.pk
+    if instance._state.adding and (pk_field.has_default() or pk_field.db_default is not models.NOT_PROVIDED):
+        return None  # Django inserts without trying an UPDATE first
+    columns = node.tracked | (node.related_attnames if refresh else frozenset())
+    if written is not None:
+        columns &= written
+    if not columns:
+        return None
+    row = (
+        models.QuerySet(node.model, using=using)
+        .filter(pk=instance.pk)
+        .values(*columns)
+        .first()
+    )
+    if row is None:
+        return {}
+    if refresh:
+        for attname in node.related_attnames & columns:
+            setattr(instance, attname, row[attname])
+    return row
+
+
+def lock_parents(instance: models.Model, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
+    """Lock, before a write, the parent rows it will lead to recompute.
+
+    On MySQL and MariaDB inserting or moving a child takes a shared lock on
+    its parent, which conflicts with the exclusive lock taken to recompute
+    the parent: two writers holding the first would wait for each other's
+    second.  Taking the exclusive lock first, in the order process() takes
+    locks, makes them queue instead.  PostgreSQL's FOR NO KEY UPDATE does not
+    conflict with the child's key-share lock, so it needs none of this.
+    """
+    features = connections[using].features
+    if features.has_select_for_no_key_update or not features.has_select_for_update:
+        return
+    if not get_config()["LOCK_ROWS"] or not connections[using].in_atomic_block:
+        return
+    parents: dict[type[models.Model], set[Any]] = {}
+    for dep, hop in node.saved_edges:
+        if hop.kind == REVERSE and hop.index == 1:
+            for value in (getattr(instance, hop.up_link), old.get(hop.up_link) if old else None):
+                if value is not None:
+                    parents.setdefault(dep.spec.model, set()).add(value)
+    order = get_graph().model_order
+    for model in sorted(parents, key=order.__getitem__):
+        rows = models.QuerySet(model, using=using).filter(pk__in=sorted(parents[model])).order_by("pk")
+        list(lock(rows).values_list("pk"))
+
+
+def changed_attnames(
+    instance: models.Model,
+    node: ModelNode,
+    written: frozenset[str] | None,
+    old: dict[str, Any] | None,
+) -> frozenset[str]:
+    candidates = node.tracked if written is None else node.tracked & written
+    if not old:
+        return candidates
+    return frozenset(a for a in candidates if a not in old or old[a] != getattr(instance, a))
+
+
+_loading_fixtures: ContextVar[bool] = ContextVar("maintained_fields_loading_fixtures", default=False)
+
+
+_loads_lock = threading.Lock()
+_loads_running = 0
+
+
+@contextmanager
+def loading_fixtures() -> Iterator[None]:
+    """Record the rows that ``loaddata`` saves raw, into the deferred scope in force.
+
+    Models whose save() runs the mixin's hear of raw saves only while a load
+    runs, so that their ordinary saves pay for no signal receiver.
+    """
+    global _loads_running
+    with _loads_lock:
+        _loads_running += 1
+        if _loads_running == 1:
+            for sender in _saved_by_mixin:
+                signals.pre_save.connect(_pre_save_raw, sender=sender, dispatch_uid=_uid(sender))
+    token = _loading_fixtures.set(True)
+    try:
+        yield
+    finally:
+        _loading_fixtures.reset(token)
+        with _loads_lock:
+            _loads_running -= 1
+            if _loads_running == 0:
+                for sender in _saved_by_mixin:
+                    signals.pre_save.disconnect(sender=sender, dispatch_uid=_uid(sender))
+
+
+def _pre_save_raw(sender, instance, raw, using, **kwargs) -> None:
+    if not (raw and _loading_fixtures.get()):
+        return
+    scope = modes.current_scope()
+    node = get_graph().node(sender)
+    # The row is written as it stands: what it points at is known now, and
+    # where it pointed before must be read now.
+    old = _read_before(instance, node, using, None, refresh=False)
+    records = records_for(node, instance, labels=scope.labels, created=True, old=old)
+    specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
+    merge(records, recompute_records(specs, [instance.pk]))
+    dispatch(scope, using, records)
+
+
+def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
+    if raw:
+        return _pre_save_raw(sender, instance, raw, using)
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    node = get_graph().node(sender)
+    written = attnames_of(instance, update_fields)
+    old = _read_before(instance, node, using, written, refresh=False)
+    if scope.mode == modes.IMMEDIATE:
+        lock_parents(instance, node, old, using)
+    instance.__dict__[_OLD] = (instance._state.adding, written, old)
+
+
+def _post_save(sender, instance, created, raw, using, **kwargs) -> None:
+    state = instance.__dict__.pop(_OLD, None)
+    if raw or state is None:
+        return
+    scope = modes.current_scope()
+    node = get_graph().node(sender)
+    adding, written, old = state
+    records = records_for(
+        node,
+        instance,
+        labels=scope.labels,
+        created=created or adding,
+        changed=changed_attnames(instance, node, written, old),
+        old=old,
+    )
+    dispatch(scope, using, records)
+
+
+# Deletes: the rows that depend on a deleted row are found before the delete,
+# and recomputed after the last row of the same delete() call is gone.
+
+
+class _PendingDelete:
+    def __init__(self, scope: modes.Scope) -> None:
+        self.scope = scope
+        self.count = 0
+        self.records: Records = {}
+
+
+def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    node = get_graph().node(sender)
+    holder = origin if origin is not None else instance
+    pending = holder.__dict__.setdefault(_DELETING, _PendingDelete(scope))
+    pending.count += 1
+    fresh: dict[str, Any] | None = None
+    if holder is instance:
+        up_links = {hop.up_link for _, hop in node.edges if hop.kind == REVERSE}
+        if up_links:
+            fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*up_links).first()
+    records: Records = {}
+    for dep, hop in node.edges:
+        if hop.index == 0 or (scope.labels is not None and dep.spec.label not in scope.labels):
+            continue
+        if hop.kind == REVERSE:
+            # The row this one points at is not changed by deleting this one: it
+            # can be resolved after the delete.
+            value = fresh[hop.up_link] if fresh else getattr(instance, hop.up_link)
+            if value is not None:
+                records.setdefault((dep, hop.index - 1), set()).add(value)
+        else:
+            targets = resolve(dep, hop.index, {instance.pk}, using)
+            if targets:
+                records.setdefault((dep, 0), set()).update(targets)
+    merge(pending.records, records)
+
+
+def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
+    holder = origin if origin is not None else instance
+    pending = holder.__dict__.get(_DELETING)
+    if pending is None:
+        return
+    pending.count -= 1
+    if pending.count == 0:
+        del holder.__dict__[_DELETING]
+        dispatch(pending.scope, using, pending.records)
+
+
+# Many-to-many changes: the rows on the previous hop's side of the relation
+# gained or lost related rows.
+
+
+def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs) -> None:
+    if action not in ("post_add", "post_remove", "pre_clear", "post_clear"):
+        return
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    edges = get_graph().m2m.get(sender._meta.concrete_model, ())
+    if action == "pre_clear":
+        field = edges[0][1].m2m_field
+        mine, theirs = field.m2m_field_name(), field.m2m_reverse_field_name()
+        if reverse:
+            mine, theirs = theirs, mine
+        instance.__dict__[_CLEARED] = set(
+            models.QuerySet(sender, using=using).filter(**{mine: instance.pk}).values_list(theirs, flat=True)
+        )
+        return
+    if action == "post_clear":
+        pk_set = instance.__dict__.pop(_CLEARED, set())
+    records: Records = {}
+    for dep, hop in edges:
+        if scope.labels is not None and dep.spec.label not in scope.labels:
+            continue
+        # The instance is on the declaring side when the signal is not reversed.
+        rows = {instance.pk} if hop.m2m_forward != reverse else pk_set
+        if rows:
+            records.setdefault((dep, hop.index - 1), set()).update(rows)
+    dispatch(scope, using, records)
+
+
+def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
+    """Connect the signal receivers that the graph needs, to each model and its proxies.
+
+    A model whose save() runs MaintainedModelMixin's is handled there (and its
+    raw saves in loading_fixtures()); the others (plain models that maintained
+    fields depend on) through signals.
+    """
+    _saved_by_mixin.clear()
+    for model, node in graph.nodes.items():
+        for sender in [m for m in all_models if m._meta.concrete_model is model]:
+            uid = _uid(sender)
+            if mixin_problem(model) is not None:
+                signals.pre_save.connect(_pre_save, sender=sender, dispatch_uid=uid)
+                signals.post_save.connect(_post_save, sender=sender, dispatch_uid=uid)
+            else:
+                _saved_by_mixin.append(sender)
+            if any(hop.index > 0 for _, hop in node.edges):
+                signals.pre_delete.connect(_pre_delete, sender=sender, dispatch_uid=uid)
+                signals.post_delete.connect(_post_delete, sender=sender, dispatch_uid=uid)
+    for through in graph.m2m:
+        signals.m2m_changed.connect(_m2m_changed, sender=through, dispatch_uid=_uid(through))
+
+
+_saved_by_mixin: list[type[models.Model]] = []
+
+
+def _uid(sender: type[models.Model]) -> str:
+    return f"maintained_fields:{sender._meta.label}"
+
+
+def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: str | None = None) -> None:
+    """Tell the library that rows changed where it could not see (raw SQL, other programs).
+
+    ``objects`` is a QuerySet or model instances of one model.  The rows'
+    maintained fields and everything that depends on them are recomputed as
+    the mode in force says (at once, at the end of a deferred scope, or not at
+    all).  Rows moved to another parent by the hidden write: mark them before
+    and after it, inside ``override_autoupdate(mode="deferred")``, so that
+    both parents are recomputed.
+    """
+    scope = modes.current_scope()
+    if scope.mode == modes.DISABLED:
+        return
+    if isinstance(objects, models.QuerySet):
+        model, db = objects.model, using or objects.db
+        node = _node_for_marking(model)
+        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values("pk", *node.up_links)]
+    else:
+        rows = list(objects)
+        if not rows:
+            return
+        model = type(rows[0])
+        db = using or rows[0]._state.db or router.db_for_write(model, instance=rows[0])
+        node = _node_for_marking(model)
+    records: Records = {}
+    for row in rows:
+        merge(records, records_for(node, row, labels=scope.labels, created=True))
+    specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
+    merge(records, recompute_records(specs, [row.pk for row in rows]))
+    dispatch(scope, db, records)
+
+
+def _node_for_marking(model: type[models.Model]) -> ModelNode:
+    node = get_graph().node(model)
+    if node is None:
+        raise ValueError(
+            f"mark_changed() got {model._meta.label} rows, but {model._meta.label} has no "
+            "maintained fields and no maintained field depends on it."
+        )
+    return node
