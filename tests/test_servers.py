@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REQUESTS = 2000
 CONCURRENCY = 16
+BROKER = "redis://127.0.0.1:6379/14"
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
 
@@ -177,19 +178,22 @@ SERVERS = {
 }
 
 
-@pytest.mark.parametrize("name", list(SERVERS))
-def test_server_keeps_every_request_in_its_own_mode(name, server_db):
-    server = Server(server_db, SERVERS[name]).wait()
-    try:
-        results = fire(server.port, plan(["/", "/async/"], seed=len(name)))
-    finally:
-        server.stop()
+@pytest.fixture(params=list(SERVERS))
+def server(request, server_db):
+    """Each server in turn, started on loopback for one test and stopped after it."""
+    server = Server(server_db, SERVERS[request.param]).wait()
+    server.name = request.param
+    yield server
+    server.stop()
+
+
+def test_server_keeps_every_request_in_its_own_mode(server):
+    results = fire(server.port, plan(["/", "/async/"], seed=len(server.name)))
     workers, failures = assert_isolated(results)
     assert failures > REQUESTS // 5
-    print(f"\n{name}: {len(results)} requests, {failures} raised, {workers} workers seen")
+    print(f"\n{server.name}: {len(results)} requests, {failures} raised, {workers} workers seen")
 
 
-@pytest.mark.usefixtures("close_executor_connections")
 def test_django_test_client_with_interleaved_async_requests(settings):
     from django.test import AsyncClient
 
@@ -225,39 +229,43 @@ def redis_available():
         return False
 
 
-@pytest.mark.skipif(not redis_available(), reason="Celery's broker, Redis, is not running on 127.0.0.1:6379")
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
-def test_celery_worker_keeps_every_task_in_its_own_mode(pool, server_db):
+@pytest.fixture(params=["threads", "prefork"])
+def celery_worker(request, server_db):
+    """A Celery worker on the Redis broker, with each pool in turn."""
+    if not redis_available():
+        pytest.skip("Celery's broker, Redis, is not running on 127.0.0.1:6379")
     from celery import Celery
 
-    broker = "redis://127.0.0.1:6379/14"
-    client = Celery(broker=broker, backend=broker)
+    client = Celery(broker=BROKER, backend=BROKER)
     client.connection_for_write().default_channel.client.flushdb()
-    worker = Server(server_db, [str(BIN / "celery"), "-A", "tests.serverproject", "worker", "--pool", pool,
+    worker = Server(server_db, [str(BIN / "celery"), "-A", "tests.serverproject", "worker", "--pool", request.param,
                                 "--concurrency", "4", "--loglevel", "WARNING", "--without-gossip",
                                 "--without-mingle", "--without-heartbeat"])
-    try:
-        rng = random.Random(3)
-        sent = []
-        for _ in range(REQUESTS):
-            kind = rng.random()
-            if kind < 0.25:
-                sent.append(("deferred", client.send_task("tests.serverproject.tasks.load", [rng.randint(1, 3)])))
-            elif kind < 0.5:
-                sent.append(("disabled", client.send_task("tests.serverproject.tasks.validate", [False])))
-            elif kind < 0.75:
-                sent.append((None, client.send_task("tests.serverproject.tasks.validate", [True])))
-            else:
-                sent.append(("immediate", client.send_task("tests.serverproject.tasks.mode")))
-        wrong, failed = [], 0
-        for expected, result in sent:
-            value = result.get(timeout=120, propagate=False)
-            if expected is None:
-                failed += isinstance(value, ValueError)
-                wrong += [] if isinstance(value, ValueError) else [value]
-            elif not isinstance(value, dict) or value["seen"] != expected:
-                wrong.append((expected, value))
-    finally:
-        worker.stop()
+    yield client, worker
+    worker.stop()
+
+
+def test_celery_worker_keeps_every_task_in_its_own_mode(celery_worker):
+    client, worker = celery_worker
+    rng = random.Random(3)
+    sent = []
+    for _ in range(REQUESTS):
+        kind = rng.random()
+        if kind < 0.25:
+            sent.append(("deferred", client.send_task("tests.serverproject.tasks.load", [rng.randint(1, 3)])))
+        elif kind < 0.5:
+            sent.append(("disabled", client.send_task("tests.serverproject.tasks.validate", [False])))
+        elif kind < 0.75:
+            sent.append((None, client.send_task("tests.serverproject.tasks.validate", [True])))
+        else:
+            sent.append(("immediate", client.send_task("tests.serverproject.tasks.mode")))
+    wrong, failed = [], 0
+    for expected, result in sent:
+        value = result.get(timeout=120, propagate=False)
+        if expected is None:
+            failed += isinstance(value, ValueError)
+            wrong += [] if isinstance(value, ValueError) else [value]
+        elif not isinstance(value, dict) or value["seen"] != expected:
+            wrong.append((expected, value))
     assert wrong == [], f"{len(wrong)} tasks saw a mode not their own, e.g. {wrong[:3]}\n{worker.output()}"
     assert failed > REQUESTS // 5
