@@ -22,7 +22,7 @@ from django.db import connections, models, transaction
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
-from .writes import chunks, lock, recompute, resolve
+from .writes import lock_rows, recompute, resolve
 
 logger = logging.getLogger("maintained_fields")
 
@@ -119,8 +119,7 @@ def _lock_targets(graph: Graph, known: list[dict[Any, set[Spec]]], db: str, size
     for (model, _), targets in zip(graph.order, known):
         by_model.setdefault(model, set()).update(targets)
     for model, pks in by_model.items():  # in graph order: dicts keep insertion order
-        for batch in chunks(sorted(pks), size):
-            list(lock(models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")).values_list("pk"))
+        lock_rows(model, db, pks, size)
 
 
 def recompute_records(specs: Any, pks: Any) -> Records:

@@ -21,7 +21,7 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, merge, recompute_records, records_for
-from .writes import lock, normalize, resolve
+from .writes import lock_rows, normalize, resolve
 
 _OLD = "_maintained_fields_old"
 _CLEARED = "_maintained_fields_cleared"
@@ -153,8 +153,7 @@ def lock_parents(instance: models.Model, node: ModelNode, old: dict[str, Any] | 
                     parents.setdefault(dep.spec.model, set()).add(value)
     order = get_graph().model_order
     for model in sorted(parents, key=order.__getitem__):
-        rows = models.QuerySet(model, using=using).filter(pk__in=sorted(parents[model])).order_by("pk")
-        list(lock(rows).values_list("pk"))
+        lock_rows(model, using, parents[model], get_config()["BATCH_SIZE"])
 
 
 def changed_attnames(

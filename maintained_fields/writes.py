@@ -109,6 +109,12 @@ def recompute(
     return changed
 
 
+def lock_rows(model: type[models.Model], db: str, pks: Iterable[Any], size: int) -> None:
+    """Lock the rows ``pks`` of ``model`` now, in primary-key order, ``size`` at a time."""
+    for batch in chunks(sorted(pks), size):
+        list(lock(models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")).values_list("pk"))
+
+
 def lock(rows: models.QuerySet) -> models.QuerySet:
     """``rows`` locked for the rest of the transaction, as the database can.
 
