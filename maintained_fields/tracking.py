@@ -266,10 +266,8 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
     pending = holder.__dict__.setdefault(_DELETING, _PendingDelete(scope))
     pending.count += 1
     fresh: dict[str, Any] | None = None
-    if holder is instance:
-        up_links = {hop.up_link for _, hop in node.edges if hop.kind == REVERSE}
-        if up_links:
-            fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*up_links).first()
+    if holder is instance and node.up_links:
+        fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*node.up_links).first()
     records: Records = {}
     for dep, hop in node.edges:
         if hop.index == 0 or (scope.labels is not None and dep.spec.label not in scope.labels):
