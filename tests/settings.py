@@ -18,6 +18,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "maintained_fields",
     "tests.testapp",
+    "tests.drift",
+    "tests.modelcheck",
 ]
 DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("mysql"):

@@ -1,0 +1,133 @@
+"""Schemas that isolate one relation kind each.
+
+Every maintained field here has exactly one path to what it reads, so no
+other path can read a foreign key or a row on its behalf: a write path that
+loses track of something shows up as a wrong value.
+"""
+
+from django.db import models
+
+from maintained_fields import MaintainedManager, MaintainedModel, MaintainedModelMixin, maintained_field
+
+
+class Shelf(MaintainedModel):
+    """Counts its boxes through a path that ends in the relation."""
+
+    name = models.CharField(max_length=50, default="")
+    box_count = models.IntegerField(default=0)
+
+    @maintained_field("box_count", depends_on=["boxes"])
+    def compute_box_count(self):
+        return self.boxes.count()
+
+
+class Box(MaintainedModel):
+    shelf = models.ForeignKey(Shelf, models.SET_NULL, null=True, related_name="boxes")
+    name = models.CharField(max_length=50, default="")
+
+
+class Rack(MaintainedModelMixin, models.Model):
+    """The same as Shelf, through the mixin, over plain children with and
+    without the package's manager."""
+
+    plain_count = models.IntegerField(default=0)
+    managed_count = models.IntegerField(default=0)
+
+    @maintained_field("plain_count", depends_on=["plain_items"])
+    def compute_plain_count(self):
+        return self.plain_items.count()
+
+    @maintained_field("managed_count", depends_on=["managed_items"])
+    def compute_managed_count(self):
+        return self.managed_items.count()
+
+
+class PlainItem(models.Model):
+    rack = models.ForeignKey(Rack, models.SET_NULL, null=True, related_name="plain_items")
+
+
+class ManagedItem(models.Model):
+    rack = models.ForeignKey(Rack, models.SET_NULL, null=True, related_name="managed_items")
+
+    objects = MaintainedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Account(MaintainedModel):
+    """Children point at a unique field that is not the primary key."""
+
+    code = models.CharField(max_length=20, unique=True)
+    number = models.IntegerField(unique=True)
+    entry_count = models.IntegerField(default=0)
+    posting_count = models.IntegerField(default=0)
+
+    @maintained_field("entry_count", depends_on=["entries"])
+    def compute_entry_count(self):
+        return self.entries.count()
+
+    @maintained_field("posting_count", depends_on=["postings"])
+    def compute_posting_count(self):
+        return self.postings.count()
+
+
+class Entry(MaintainedModel):
+    account = models.ForeignKey(Account, models.CASCADE, to_field="code", related_name="entries")
+    account_code = models.CharField(max_length=20, default="")
+
+    @maintained_field("account_code", depends_on=["account__code"])
+    def compute_account_code(self):
+        return self.account.code
+
+
+class Posting(MaintainedModel):
+    account = models.ForeignKey(Account, models.CASCADE, to_field="number", related_name="postings")
+
+
+class Person(MaintainedModel):
+    """A symmetrical many-to-many relation to itself."""
+
+    friends = models.ManyToManyField("self")
+    friend_count = models.IntegerField(default=0)
+
+    @maintained_field("friend_count", depends_on=["friends"])
+    def compute_friend_count(self):
+        return self.friends.count()
+
+
+class Order(MaintainedModel):
+    """Its lines and a unique reference, for bulk_create(update_conflicts=True)."""
+
+    line_count = models.IntegerField(default=0)
+    total = models.IntegerField(default=0)
+
+    @maintained_field("line_count", depends_on=["lines"])
+    def compute_line_count(self):
+        return self.lines.count()
+
+    @maintained_field("total", depends_on=["lines__amount"])
+    def compute_total(self):
+        return sum(self.lines.values_list("amount", flat=True))
+
+
+class Line(MaintainedModel):
+    order = models.ForeignKey(Order, models.CASCADE, related_name="lines")
+    reference = models.CharField(max_length=20, unique=True)
+    amount = models.IntegerField(default=0)
+    label = models.CharField(max_length=20, default="")
+
+    @maintained_field("label", depends_on=["reference", "amount"])
+    def compute_label(self):
+        return f"{self.reference}:{self.amount}"[:20]
+
+
+class Note(MaintainedModel):
+    """A computed value longer than its column."""
+
+    text = models.CharField(max_length=40, default="")
+    shout = models.CharField(max_length=10, default="")
+
+    @maintained_field("shout", depends_on=["text"])
+    def compute_shout(self):
+        return self.text.upper()
