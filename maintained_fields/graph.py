@@ -37,6 +37,18 @@ class Hop:
     m2m_field: models.ManyToManyField | None  # M2M: the field that declares the relation
     m2m_forward: bool  # M2M: the previous hop's model declares m2m_field
     triggers: frozenset[str] | None  # attnames whose change counts; None: any change
+    # FORWARD, REVERSE: the foreign key followed from the previous hop, or back to it.
+    foreign_key: models.ForeignKey | None = None
+    # REVERSE: the field of the previous hop's rows that up_link holds, where it
+    # is not their primary key (ForeignKey(to_field=...)).
+    parent_key: str | None = None
+
+    @property
+    def record_index(self) -> int:
+        """REVERSE: where the values of up_link are recorded.  The previous hop's
+        index when they are its primary keys; minus this hop's index when they
+        are values of ``parent_key``."""
+        return -self.index if self.parent_key else self.index - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +56,13 @@ class Dependency:
     spec: Spec
     path: str
     hops: tuple[Hop, ...]
+
+    @property
+    def record_indexes(self) -> tuple[int, ...]:
+        """Every index that records of this dependency are kept under."""
+        return tuple(hop.index for hop in self.hops) + tuple(
+            -hop.index for hop in self.hops if hop.kind == REVERSE and hop.parent_key
+        )
 
 
 @dataclass(eq=False)
@@ -214,9 +233,17 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
                 m2m_field=relation if kind == M2M else None,
                 m2m_forward=kind == M2M and forward,
                 triggers=None if triggers is None else frozenset(triggers),
+                foreign_key=relation if kind in (FORWARD, REVERSE) else None,
+                parent_key=_parent_key(relation) if kind == REVERSE else None,
             )
         )
     return tuple(hops)
+
+
+def _parent_key(foreign_key: models.ForeignKey) -> str | None:
+    """The name of the field a foreign key points at, None for the primary key."""
+    target = foreign_key.target_field
+    return None if target.primary_key else target.name
 
 
 def _error(id: int, msg: str, obj: Any, hint: str | None = None) -> checks.Error:
@@ -268,7 +295,57 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
                 specs.append(spec)
     _order(graph, specs)
     _index(graph)
+    graph.errors += _unseen_writes(graph, model_list)
     return graph
+
+
+_DATABASE_ON_DELETE = tuple(
+    action for action in (getattr(models, name, None) for name in ("DB_CASCADE", "DB_SET_NULL", "DB_SET_DEFAULT"))
+    if action is not None
+)
+
+
+def _unseen_writes(graph: Graph, model_list: Iterable[type[models.Model]]) -> list[checks.CheckMessage]:
+    """Errors for models in the graph whose rows can change where no signal is sent:
+    multi-table inheritance and database-level ``on_delete``."""
+    errors = []
+    concrete_children: dict[type[models.Model], list[type[models.Model]]] = defaultdict(list)
+    for model in model_list:
+        if not model._meta.proxy:
+            for parent in model._meta.parents:
+                concrete_children[parent._meta.concrete_model].append(model)
+    for model in graph.nodes:
+        meta = model._meta
+        if meta.auto_created:
+            continue
+        if meta.parents or concrete_children.get(model):
+            child, parent = (model, next(iter(meta.parents))) if meta.parents else (concrete_children[model][0], model)
+            errors.append(
+                _error(
+                    6,
+                    f"{meta.label} has or depends on maintained fields, but {child._meta.label} inherits "
+                    f"from {parent._meta.label} through multi-table inheritance, which maintained fields do "
+                    "not support: a write through one of the two tables is not seen on the other.",
+                    model,
+                    "Make the parent abstract (Meta.abstract = True), or replace the inheritance with a "
+                    "OneToOneField and follow it in depends_on.",
+                )
+            )
+        for foreign_key in meta.concrete_fields:
+            if foreign_key.many_to_one and foreign_key.remote_foreign_key.on_delete in _DATABASE_ON_DELETE:
+                action = foreign_key.remote_foreign_key.on_delete.__name__
+                errors.append(
+                    _error(
+                        7,
+                        f"{meta.label}.{foreign_key.name} has on_delete={action}: the database changes "
+                        f"{meta.label} rows without signals, so the maintained fields that read them "
+                        "would go stale.",
+                        model,
+                        f"Use on_delete=models.{action.removeprefix('DB_')}, which Django carries out "
+                        "with signals.",
+                    )
+                )
+    return errors
 
 
 def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
@@ -366,8 +443,7 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
         layer = following
     ordered = {spec for _, group in order for spec in group}
     cyclic = [spec for spec in specs if spec not in ordered]
-    if cyclic:
-        cycle = _find_cycle(cyclic, feeds)
+    for cycle in _find_cycles(cyclic, feeds):
         graph.errors.append(
             _error(
                 4,
@@ -388,17 +464,38 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
     graph.labels = frozenset(s.label for s in graph.specs if s.label is not None)
 
 
-def _find_cycle(left: list[Spec], feeds: dict[Spec, set[Spec]]) -> list[Spec]:
-    """One cycle among the specs that the topological sort left over."""
+def _find_cycles(left: list[Spec], feeds: dict[Spec, set[Spec]]) -> list[list[Spec]]:
+    """One cycle in each group of specs that depend on each other (each strongly
+    connected component), among those the topological sort left over."""
     remaining = set(left)
-    pruned = True
-    while pruned:  # drop specs that only lead out of the cycles
-        pruned = False
-        for spec in list(remaining):
-            if not feeds[spec] & remaining:
-                remaining.discard(spec)
-                pruned = True
-    path = [min(remaining, key=str)]
+    cycles = []
+    while remaining:
+        # The specs reachable from the first one that also reach it form its group.
+        start = min(remaining, key=str)
+        reached = _reachable(start, feeds, remaining)
+        group = {spec for spec in reached if start in _reachable(spec, feeds, remaining)}
+        if start in reached:
+            cycles.append(_cycle_in(group | {start}, feeds, start))
+            remaining -= group | {start}
+        else:
+            remaining.discard(start)
+    return cycles
+
+
+def _reachable(start: Spec, feeds: dict[Spec, set[Spec]], within: set[Spec]) -> set[Spec]:
+    seen: set[Spec] = set()
+    todo = [start]
+    while todo:
+        for following in feeds[todo.pop()] & within:
+            if following not in seen:
+                seen.add(following)
+                todo.append(following)
+    return seen
+
+
+def _cycle_in(remaining: set[Spec], feeds: dict[Spec, set[Spec]], start: Spec) -> list[Spec]:
+    """A cycle through ``start`` within ``remaining``, where every spec reaches every other."""
+    path = [start]
     seen = {path[0]: 0}
     while True:
         following = min(feeds[path[-1]] & remaining, key=str)
@@ -432,7 +529,9 @@ def _index(graph: Graph) -> None:
         node.edges = tuple(model_edges)
         node.saved_edges = tuple((dep, hop) for dep, hop in model_edges if not (hop.index == 0 and dep.spec.own_row))
         node.up_links = frozenset(hop.up_link for _, hop in model_edges if hop.kind == REVERSE)
-        node.tracked = frozenset().union(
+        # A write that moves a row off a parent must say which parent it left,
+        # whether or not the path ends in a field.
+        node.tracked = node.up_links.union(
             *(
                 hop.triggers
                 for dep, hop in model_edges
@@ -452,6 +551,7 @@ def _through_hop(hop: Hop, through: type[models.Model]) -> Hop:
         mine, theirs = theirs, mine
     up_link = through._meta.get_field(mine).attname
     other = through._meta.get_field(theirs).attname
+    foreign_key = through._meta.get_field(mine)
     return Hop(
         index=hop.index,
         model=through,
@@ -461,6 +561,8 @@ def _through_hop(hop: Hop, through: type[models.Model]) -> Hop:
         m2m_field=None,
         m2m_forward=False,
         triggers=None if hop.triggers is None else frozenset({up_link, other}),
+        foreign_key=foreign_key,
+        parent_key=_parent_key(foreign_key),
     )
 
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.db import models, transaction
+from django.db.models import Q
 
 from . import modes
 from .conf import get_config
@@ -58,22 +59,78 @@ class MaintainedQuerySet(models.QuerySet):
 
     update.alters_data = True
 
-    def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list[models.Model]:
+    def bulk_create(
+        self,
+        objs: Iterable[models.Model],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        update_fields: Sequence[str] | None = None,
+        unique_fields: Sequence[str] | None = None,
+    ) -> list[models.Model]:
+        options = {
+            "batch_size": batch_size,
+            "ignore_conflicts": ignore_conflicts,
+            "update_conflicts": update_conflicts,
+            "update_fields": update_fields,
+            "unique_fields": unique_fields,
+        }
         scope, node = self._maintenance()
         if node is None:
-            return super().bulk_create(objs, *args, **kwargs)
+            return super().bulk_create(objs, **options)
         objs = list(objs)
         own_row = own_row_specs(node, scope, None)
         for obj in objs:
             compute_own_row(obj, own_row)
+        written: frozenset[str] = frozenset()
+        if update_conflicts and update_fields:
+            # A conflicting row takes only update_fields: the own-row fields
+            # computed from them must go with them.
+            written = frozenset(self.model._meta.get_field(name).attname for name in update_fields)
+            following = own_row_specs(node, scope, written)
+            options["update_fields"] = [
+                *update_fields,
+                *(spec.field.name for spec in following if spec.field.attname not in written),
+            ]
+            written |= {spec.field.attname for spec in following}
         with _atomic(scope, self.db):
-            created = super().bulk_create(objs, *args, **kwargs)
+            before = self._conflicting(objs, unique_fields, node) if written else {}
+            created = super().bulk_create(objs, **options)
             records: Records = {}
             for obj in created:
-                new = records_for(node, obj, labels=scope.labels, created=True, own_row_done=True)
-                merge(records, new)
+                if obj.pk is None or obj.pk not in before:
+                    new = records_for(node, obj, labels=scope.labels, created=True, own_row_done=True)
+                    merge(records, new)
+            after = _rows(self.model, self.db, before, node.up_links & written) if before else {}
+            for pk, old in before.items():
+                row = SimpleNamespace(**{**old, **after.get(pk, {})})
+                merge(records, records_for(node, row, labels=scope.labels, changed=written, old=old))
+            merge(records, recompute_records(_overwritten(node, scope, written), before))
             dispatch(scope, self.db, records)
         return created
+
+    def _conflicting(
+        self, objs: list[models.Model], unique_fields: Sequence[str] | None, node: ModelNode
+    ) -> dict[Any, dict[str, Any]]:
+        """The rows that ``objs`` would conflict with, by pk, with their tracked values.
+
+        With no ``unique_fields`` (MySQL, MariaDB), every unique field and
+        unique constraint of the model can be the one that conflicts.
+        """
+        meta = self.model._meta
+        key_sets = [list(unique_fields)] if unique_fields else _unique_sets(self.model)
+        rows: dict[Any, dict[str, Any]] = {}
+        for names in key_sets:
+            attnames = [meta.get_field(name).attname for name in names]
+            keys = {tuple(getattr(obj, a) for a in attnames) for obj in objs}
+            keys = [key for key in keys if None not in key]
+            for batch in chunks(keys, get_config()["BATCH_SIZE"]):
+                condition = Q()
+                for key in batch:
+                    condition |= Q(**dict(zip(attnames, key)))
+                found = models.QuerySet(self.model, using=self.db).filter(condition).values("pk", *node.tracked)
+                rows.update((row["pk"], row) for row in found)
+        return rows
 
     bulk_create.alters_data = True
 
@@ -115,6 +172,20 @@ def _atomic(scope: modes.Scope, db: str) -> Any:
     if scope.mode == modes.IMMEDIATE:
         return transaction.atomic(using=db, savepoint=False)
     return nullcontext()
+
+
+def _unique_sets(model: type[models.Model]) -> list[list[str]]:
+    """The field names of each unique field, unique_together and unconditional
+    UniqueConstraint of ``model``."""
+    meta = model._meta
+    sets = [[field.name] for field in meta.concrete_fields if field.unique]
+    sets += [list(names) for names in meta.unique_together]
+    sets += [
+        list(constraint.fields)
+        for constraint in meta.total_unique_constraints
+        if constraint.fields
+    ]
+    return sets
 
 
 def _rows(model: type[models.Model], db: str, pks: Iterable[Any], attnames: Iterable[str]) -> dict[Any, dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import unittest
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -150,9 +151,14 @@ class override_autoupdate:
 
     def _exit(self, exc: BaseException | None) -> None:
         scope = self._pop()
-        if not (scope.owns_buffer and scope.buffer):
+        if not scope.owns_buffer or scope.buffer is None:
             return
-        if _in_event_loop():
+        if not scope.buffer:
+            # Closed all the same: a task or thread that outlives the scope
+            # then maintains its writes itself instead of recording them here.
+            scope.buffer.take()
+            return
+        if _in_event_loop() and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
             message = (
                 f"{self!r} ended with {len(scope.buffer)} pending update(s) inside a "
                 "running event loop, where the database cannot be used synchronously. "
@@ -167,7 +173,7 @@ class override_autoupdate:
 
     async def _aexit(self, exc: BaseException | None) -> None:
         scope = self._pop()
-        if scope.owns_buffer and scope.buffer:
+        if scope.owns_buffer and scope.buffer is not None:
             await sync_to_async(propagation.finish, thread_sensitive=True)(scope.buffer, exc)
 
     def _mode_for_call(self, kwargs: dict[str, Any]) -> str | None:

@@ -106,10 +106,10 @@ def _targets(
         if labels is not None and spec.label not in labels:
             continue
         for dep in (spec.itself, *spec.deps):
-            for hop in dep.hops:
-                pks = pending.pop((dep, hop.index), None)
+            for index in dep.record_indexes:
+                pks = pending.pop((dep, index), None)
                 if pks:
-                    for pk in resolve(dep, hop.index, pks, db, size):
+                    for pk in resolve(dep, index, pks, db, size):
                         targets.setdefault(pk, set()).add(spec)
     return targets
 
@@ -237,7 +237,7 @@ def records_for(
             previous = old.get(hop.up_link) if old else None
             for value in (parent, previous) if previous != parent else (parent,):
                 if value is not None:
-                    key = (dep, hop.index - 1)
+                    key = (dep, hop.record_index)
                     found = records.get(key)
                     if found is None:
                         records[key] = {value}

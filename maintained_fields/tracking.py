@@ -145,15 +145,15 @@ def lock_parents(instance: models.Model, node: ModelNode, old: dict[str, Any] | 
         return
     if not get_config()["LOCK_ROWS"] or not connections[using].in_atomic_block:
         return
-    parents: dict[type[models.Model], set[Any]] = {}
+    parents: dict[tuple[type[models.Model], str], set[Any]] = {}
     for dep, hop in node.saved_edges:
         if hop.kind == REVERSE and hop.index == 1:
             for value in (getattr(instance, hop.up_link), old.get(hop.up_link) if old else None):
                 if value is not None:
-                    parents.setdefault(dep.spec.model, set()).add(value)
+                    parents.setdefault((dep.spec.model, hop.parent_key or "pk"), set()).add(value)
     order = get_graph().model_order
-    for model in sorted(parents, key=order.__getitem__):
-        lock_rows(model, using, parents[model], get_config()["BATCH_SIZE"])
+    for model, field in sorted(parents, key=lambda key: (order[key[0]], key[1])):
+        lock_rows(model, using, parents[model, field], get_config()["BATCH_SIZE"], field)
 
 
 def changed_attnames(
@@ -251,9 +251,12 @@ def _post_save(sender, instance, created, raw, using, **kwargs) -> None:
 
 
 class _PendingDelete:
+    """The rows one delete() call is deleting, and what depends on them."""
+
     def __init__(self, scope: modes.Scope) -> None:
         self.scope = scope
-        self.count = 0
+        self.seen: set[tuple[type[models.Model], Any]] = set()
+        self.waiting: set[tuple[type[models.Model], Any]] = set()
         self.records: Records = {}
 
 
@@ -263,8 +266,14 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
         return
     node = get_graph().node(sender)
     holder = origin if origin is not None else instance
-    pending = holder.__dict__.setdefault(_DELETING, _PendingDelete(scope))
-    pending.count += 1
+    key = (node.model, instance.pk)
+    pending = holder.__dict__.get(_DELETING)
+    if pending is None or key in pending.seen:
+        # One delete() announces each row once: a row announced again is a
+        # new attempt after one that failed before its post_delete.
+        pending = holder.__dict__[_DELETING] = _PendingDelete(scope)
+    pending.seen.add(key)
+    pending.waiting.add(key)
     fresh: dict[str, Any] | None = None
     if holder is instance and node.up_links:
         fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*node.up_links).first()
@@ -277,7 +286,7 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
             # can be resolved after the delete.
             value = fresh[hop.up_link] if fresh else getattr(instance, hop.up_link)
             if value is not None:
-                records.setdefault((dep, hop.index - 1), set()).add(value)
+                records.setdefault((dep, hop.record_index), set()).add(value)
         else:
             targets = resolve(dep, hop.index, {instance.pk}, using)
             if targets:
@@ -290,8 +299,8 @@ def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
     pending = holder.__dict__.get(_DELETING)
     if pending is None:
         return
-    pending.count -= 1
-    if pending.count == 0:
+    pending.waiting.discard((sender._meta.concrete_model, instance.pk))
+    if not pending.waiting:
         del holder.__dict__[_DELETING]
         dispatch(pending.scope, using, pending.records)
 
@@ -318,15 +327,39 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
         return
     if action == "post_clear":
         pk_set = instance.__dict__.pop(_CLEARED, set())
+    if action == "post_add" and scope.mode == modes.IMMEDIATE and pk_set and sender._meta.auto_created:
+        _add_mirror_links(sender, edges[0][1].m2m_field, instance.pk, pk_set, using)
     records: Records = {}
     for dep, hop in edges:
         if scope.labels is not None and dep.spec.label not in scope.labels:
             continue
-        # The instance is on the declaring side when the signal is not reversed.
-        rows = {instance.pk} if hop.m2m_forward != reverse else pk_set
+        if hop.m2m_field.remote_field.symmetrical:
+            # Django writes both directions of a symmetrical link: both ends changed.
+            rows = {instance.pk, *(pk_set or ())}
+        else:
+            # The instance is on the declaring side when the signal is not reversed.
+            rows = {instance.pk} if hop.m2m_forward != reverse else pk_set
         if rows:
             records.setdefault((dep, hop.index - 1), set()).update(rows)
     dispatch(scope, using, records)
+
+
+def _add_mirror_links(through: type[models.Model], field: models.ManyToManyField, pk: Any, others: set, using) -> None:
+    """Insert now the reverse links of a symmetrical ``add()``, which Django
+    inserts only after the signal, so that the other ends recompute with them.
+    Django then finds them present and inserts nothing."""
+    if not field.remote_field.symmetrical:
+        return
+    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
+    source_attname = through._meta.get_field(source).attname
+    target_attname = through._meta.get_field(target).attname
+    present = set(
+        models.QuerySet(through, using=using)
+        .filter(**{target_attname: pk, f"{source_attname}__in": others})
+        .values_list(source_attname, flat=True)
+    )
+    missing = [through(**{source_attname: other, target_attname: pk}) for other in others - present]
+    models.QuerySet(through, using=using).bulk_create(missing)
 
 
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:

@@ -75,10 +75,19 @@ def compute(instance: models.Model, specs: Iterable[Spec]) -> dict[str, tuple[An
 
 
 def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str, size: int | None = None) -> set[Any]:
-    """The primary keys of the maintained rows that reach ``pks`` at hop ``index``."""
-    if index == 0:
+    """The primary keys of the maintained rows that reach ``pks`` at hop ``index``.
+
+    A negative ``index`` names a reverse hop whose foreign key points at another
+    field than the primary key: ``pks`` are values of that field of the rows
+    one hop before it (see ``Hop.record_index``).
+    """
+    if index < 0:
+        hop, parent = dep.hops[-index], dep.hops[-index - 1]
+        lookup = f"{parent.lookup}__{hop.parent_key}__in" if parent.lookup else f"{hop.parent_key}__in"
+    elif index == 0:
         return set(pks)
-    lookup = f"{dep.hops[index].lookup}__in"
+    else:
+        lookup = f"{dep.hops[index].lookup}__pk__in"
     found: set[Any] = set()
     for batch in chunks(pks, size or get_config()["BATCH_SIZE"]):
         found.update(
@@ -109,10 +118,12 @@ def recompute(
     return changed
 
 
-def lock_rows(model: type[models.Model], db: str, pks: Iterable[Any], size: int) -> None:
-    """Lock the rows ``pks`` of ``model`` now, in primary-key order, ``size`` at a time."""
+def lock_rows(model: type[models.Model], db: str, pks: Iterable[Any], size: int, field: str = "pk") -> None:
+    """Lock the rows of ``model`` whose ``field`` is in ``pks`` now, in
+    primary-key order, ``size`` at a time."""
     for batch in chunks(sorted(pks), size):
-        list(lock(models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")).values_list("pk"))
+        rows = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
+        list(lock(rows).values_list("pk"))
 
 
 def lock(rows: models.QuerySet) -> models.QuerySet:

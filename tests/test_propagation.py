@@ -251,6 +251,6 @@ class TestLabels:
 
     def test_unknown_label_is_rejected_on_entry(self):
         scope = override_autoupdate(labels=["cuonts"])
-        with pytest.raises(ValueError, match="'cuonts'.*'counts', 'weights'"):
+        with pytest.raises(ValueError, match="'cuonts'; the labels in use are: .*'counts'.*'weights'"):
             with scope:
                 pass

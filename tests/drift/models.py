@@ -86,12 +86,14 @@ class Posting(MaintainedModel):
 
 
 class Person(MaintainedModel):
-    """A symmetrical many-to-many relation to itself."""
+    """A symmetrical many-to-many relation to itself.  The path ends in a field:
+    ``"friends"`` alone would count the friends' own friend_count, a cycle."""
 
+    name = models.CharField(max_length=20, default="")
     friends = models.ManyToManyField("self")
     friend_count = models.IntegerField(default=0)
 
-    @maintained_field("friend_count", depends_on=["friends"])
+    @maintained_field("friend_count", depends_on=["friends__name"])
     def compute_friend_count(self):
         return self.friends.count()
 
