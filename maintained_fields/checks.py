@@ -6,6 +6,9 @@ E002      a ``depends_on`` path does not resolve
 E003      two methods maintain one field
 E004      maintained fields depend on each other in a cycle
 E005      the model's save() does not run MaintainedModelMixin's
+E006      a model in the graph uses multi-table inheritance
+E007      a model in the graph has a foreign key with a database-level on_delete
+E008      ``maintained_fields`` is not in INSTALLED_APPS
 W001      bulk writes through the default manager are not seen
 W002      reverse foreign key ``add(bulk=True)`` is not seen
 ========  ===============================================================
@@ -15,9 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 
-from .graph import get_graph
+from .graph import NOT_INSTALLED, get_graph
 from .managers import MaintainedQuerySet
 
 
@@ -28,12 +32,23 @@ def _in(app_configs: Any, messages: list[checks.CheckMessage]) -> list[checks.Ch
 
 
 @checks.register(checks.Tags.models)
+def check_installed(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    if apps.is_installed("maintained_fields"):
+        return []
+    return [checks.Error(NOT_INSTALLED, id="maintained_fields.E008")]
+
+
+@checks.register(checks.Tags.models)
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    if not apps.is_installed("maintained_fields"):
+        return []
     return _in(app_configs, get_graph().errors)
 
 
 @checks.register(checks.Tags.models)
 def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    if not apps.is_installed("maintained_fields"):
+        return []
     warnings = []
     for model, node in get_graph().nodes.items():
         if model._meta.auto_created:

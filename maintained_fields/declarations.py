@@ -32,7 +32,9 @@ def maintained_field(
     """Mark a model method as the one that computes ``field_name``.
 
     The method takes no argument but ``self`` and returns the field's value; it
-    stays an ordinary method that writes nothing.  ``depends_on`` lists what the
+    stays an ordinary method.  It runs synchronously, inside the write that
+    triggers it, so it must be a plain ``def`` (not ``async def``) and free of
+    side effects: it may read, never write.  ``depends_on`` lists what the
     method reads, as lookup paths from this model: a field of the row itself
     (``"name"``), a relation (``"samples"``, ``"study__lab"``) or a relation
     ending in a field (``"samples__weight"``).  ``label`` names a group of
@@ -64,6 +66,14 @@ def maintained_field(
             raise TypeError(
                 f"@maintained_field({field_name!r}) decorates a plain method, "
                 f"not {method!r}."
+            )
+        if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(
+            method
+        ):
+            raise TypeError(
+                f"@maintained_field({field_name!r}) method {method.__qualname__}() is not a plain function: "
+                "compute methods run synchronously, inside the write, and return the value. "
+                "Define it with 'def' and return the value."
             )
         required = [
             p.name

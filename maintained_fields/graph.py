@@ -16,7 +16,7 @@ from typing import Any
 
 from django.apps import apps
 from django.core import checks
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models import ForeignObjectRel
 
@@ -332,8 +332,8 @@ def _unseen_writes(graph: Graph, model_list: Iterable[type[models.Model]]) -> li
                 )
             )
         for foreign_key in meta.concrete_fields:
-            if foreign_key.many_to_one and foreign_key.remote_foreign_key.on_delete in _DATABASE_ON_DELETE:
-                action = foreign_key.remote_foreign_key.on_delete.__name__
+            if foreign_key.many_to_one and foreign_key.remote_field.on_delete in _DATABASE_ON_DELETE:
+                action = foreign_key.remote_field.on_delete.__name__
                 errors.append(
                     _error(
                         7,
@@ -577,5 +577,19 @@ def load() -> Graph:
 
 
 def get_graph() -> Graph:
-    """The graph of the installed models, built on first use."""
-    return _graph if _graph is not None else load()
+    """The graph of the installed models, built on first use.
+
+    Raises ImproperlyConfigured when ``maintained_fields`` is not installed:
+    without its ``ready()`` deletes and many-to-many changes go unseen.
+    """
+    if _graph is None:
+        if not apps.is_installed("maintained_fields"):
+            raise ImproperlyConfigured(NOT_INSTALLED)
+        return load()
+    return _graph
+
+
+NOT_INSTALLED = (
+    "Models use maintained fields, but 'maintained_fields' is not in INSTALLED_APPS, so "
+    "deletes and many-to-many changes would go unseen. Add \"maintained_fields\" to INSTALLED_APPS."
+)

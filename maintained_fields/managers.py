@@ -44,7 +44,12 @@ class MaintainedQuerySet(models.QuerySet):
             return super().update(**kwargs)
         written = frozenset(self.model._meta.get_field(name).attname for name in kwargs)
         with _atomic(scope, self.db):
-            before = {row["pk"]: row for row in self.values("pk", *((node.tracked & written) | node.up_links))}
+            reading = self
+            if self.query.select_for_update and not transaction.get_connection(self.db).in_atomic_block:
+                # Plain Django ignores the lock in an update() outside a transaction; so does the read.
+                reading = self._chain()
+                reading.query.select_for_update = False
+            before = {row["pk"]: row for row in reading.values("pk", *((node.tracked & written) | node.up_links))}
             count = super().update(**kwargs)
             after: dict[Any, dict[str, Any]] = {}
             if node.up_links & written:

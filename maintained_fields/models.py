@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import models
 
-from . import tracking
+from . import checks, tracking  # noqa: F401  (checks: E008 must run where the app is not installed)
 from .managers import MaintainedManager
 
 _SAVE_ARGUMENTS = ("force_insert", "force_update", "using", "update_fields")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import unittest
 from collections.abc import Callable, Iterable
@@ -79,8 +80,9 @@ class override_autoupdate:
     ``mode`` is ``"immediate"``, ``"deferred"`` or ``"disabled"``; None keeps
     the mode in force.  ``labels`` limits maintenance in the scope to the
     maintained fields with one of these labels; the others behave as disabled.
-    ``disable_when`` names a keyword argument of the decorated function: a call
-    where it is truthy (``dry_run=True``) runs with the mode ``"disabled"``.
+    ``disable_when`` names a parameter of the decorated function: a call where
+    its value is truthy (``dry_run=True``, passed by keyword or position, or
+    by default) runs with the mode ``"disabled"``.
 
     A deferred scope records which rows changed and recomputes each affected
     row once when it exits, unless it is directly inside another deferred
@@ -176,10 +178,33 @@ class override_autoupdate:
         if scope.owns_buffer and scope.buffer is not None:
             await sync_to_async(propagation.finish, thread_sensitive=True)(scope.buffer, exc)
 
-    def _mode_for_call(self, kwargs: dict[str, Any]) -> str | None:
-        if self.disable_when is not None and kwargs.get(self.disable_when):
-            return DISABLED
-        return self.mode
+    def _mode_for_call(self, signature: inspect.Signature | None, args: tuple, kwargs: dict[str, Any]) -> str | None:
+        if signature is None:
+            return self.mode
+        # Bound to the signature, so that the argument counts however it is passed.
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return self.mode  # the call itself raises the TypeError
+        bound.apply_defaults()
+        value = bound.arguments.get(self.disable_when)
+        if value is None:
+            extra = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+            value = bound.arguments[extra[0]].get(self.disable_when) if extra else None
+        return DISABLED if value else self.mode
+
+    def _signature_for(self, decorated: Callable[..., Any]) -> inspect.Signature | None:
+        """The signature ``disable_when`` is looked up in, checked at decoration."""
+        if self.disable_when is None:
+            return None
+        signature = inspect.signature(decorated)
+        parameters = signature.parameters
+        if self.disable_when not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            raise TypeError(
+                f"override_autoupdate(disable_when={self.disable_when!r}) decorates "
+                f"{decorated.__qualname__}{signature}, which has no parameter {self.disable_when!r}."
+            )
+        return signature
 
     def _no_disable_when(self) -> None:
         if self.disable_when is not None:
@@ -211,11 +236,18 @@ class override_autoupdate:
             return self._decorate_class(decorated)
         if not callable(decorated):
             raise TypeError(f"override_autoupdate cannot decorate {decorated!r}.")
+        if inspect.isgeneratorfunction(decorated) or inspect.isasyncgenfunction(decorated):
+            raise TypeError(
+                f"override_autoupdate cannot decorate the generator function {decorated.__qualname__}(): "
+                "its body runs only while it is iterated, after the call has returned. Put "
+                "'with override_autoupdate(...)' around the loop that consumes it instead."
+            )
+        signature = self._signature_for(decorated)
         if iscoroutinefunction(decorated):
 
             @functools.wraps(decorated)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                self._push(self._mode_for_call(kwargs))
+                self._push(self._mode_for_call(signature, args, kwargs))
                 try:
                     result = await decorated(*args, **kwargs)
                 except BaseException as exc:
@@ -228,7 +260,7 @@ class override_autoupdate:
 
         @functools.wraps(decorated)
         def run(*args: Any, **kwargs: Any) -> Any:
-            self._push(self._mode_for_call(kwargs))
+            self._push(self._mode_for_call(signature, args, kwargs))
             try:
                 result = decorated(*args, **kwargs)
             except BaseException as exc:

@@ -395,27 +395,32 @@ def _uid(sender: type[models.Model]) -> str:
 def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: str | None = None) -> None:
     """Tell the library that rows changed where it could not see (raw SQL, other programs).
 
-    ``objects`` is a QuerySet or model instances of one model.  The rows'
-    maintained fields and everything that depends on them are recomputed as
-    the mode in force says (at once, at the end of a deferred scope, or not at
-    all).  Rows moved to another parent by the hidden write: mark them before
-    and after it, inside ``override_autoupdate(mode="deferred")``, so that
-    both parents are recomputed.
+    ``objects`` is a QuerySet or model instances, of one model or several.
+    The rows' maintained fields and everything that depends on them are
+    recomputed as the mode in force says (at once, at the end of a deferred
+    scope, or not at all).  Rows moved to another parent by the hidden write:
+    mark them before and after it, inside ``override_autoupdate(mode="deferred")``,
+    so that both parents are recomputed.
     """
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
     if isinstance(objects, models.QuerySet):
-        model, db = objects.model, using or objects.db
-        node = _node_for_marking(model)
-        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values("pk", *node.up_links)]
-    else:
-        rows = list(objects)
-        if not rows:
-            return
-        model = type(rows[0])
-        db = using or rows[0]._state.db or router.db_for_write(model, instance=rows[0])
-        node = _node_for_marking(model)
+        node = _node_for_marking(objects.model)
+        rows = [SimpleNamespace(**row) for row in objects.values("pk", *node.up_links)]
+        _mark(scope, node, using or objects.db, rows)
+        return
+    groups: dict[tuple[type[models.Model], str], list[models.Model]] = {}
+    for obj in objects:
+        if not isinstance(obj, models.Model):
+            raise TypeError(f"mark_changed() takes a QuerySet or model instances, not {obj!r}.")
+        db = using or obj._state.db or router.db_for_write(type(obj), instance=obj)
+        groups.setdefault((obj._meta.concrete_model, db), []).append(obj)
+    for (model, db), rows in groups.items():
+        _mark(scope, _node_for_marking(model), db, rows)
+
+
+def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None:
     records: Records = {}
     for row in rows:
         merge(records, records_for(node, row, labels=scope.labels, created=True))

@@ -57,6 +57,12 @@ def normalize(spec: Spec, value: Any) -> Any:
             f"{spec} ({type(field).__name__}) cannot store: {reason}."
         ) from None
     value = converted
+    if isinstance(value, str) and field.max_length is not None and len(value) > field.max_length:
+        raise ValueError(
+            f"{spec.model.__name__}.{spec.method_name}() returned {value!r}, which {spec} "
+            f"({type(field).__name__}) cannot store: it has {len(value)} characters, more than "
+            f"max_length={field.max_length}. Shorten the value in the method or widen the field."
+        )
     if isinstance(field, models.DateTimeField) and settings.USE_TZ and timezone.is_naive(value):
         value = timezone.make_aware(value, timezone.get_default_timezone())
     return value

@@ -1,7 +1,11 @@
 """System checks report declaration mistakes with stable ids and exact messages."""
 
+import pytest
+from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.test import override_settings
 from django.test.utils import isolate_apps
 
 from maintained_fields import MaintainedModel, MaintainedModelMixin, maintained_field
@@ -273,3 +277,119 @@ def test_plain_dependency_without_the_manager_is_warned_about():
             "add(bulk=True), which updates rows through it, leaves maintained fields stale.",
         ),
     ]
+
+
+def looping_pair(prefix):
+    """A parent counting its children, whose children copy the whole parent: a cycle."""
+
+    def compute_total(self):
+        return 0
+
+    def compute_copy(self):
+        return 0
+
+    meta = type("Meta", (), {"app_label": "testapp"})
+    parent = type(
+        f"{prefix}Parent",
+        (MaintainedModel,),
+        {
+            "__module__": __name__,
+            "Meta": meta,
+            "total": models.IntegerField(default=0),
+            "compute": maintained_field("total", depends_on=["children"])(compute_total),
+        },
+    )
+    child = type(
+        f"{prefix}Child",
+        (MaintainedModel,),
+        {
+            "__module__": __name__,
+            "Meta": meta,
+            "parent": models.ForeignKey(parent, models.CASCADE, related_name="children"),
+            "copy": models.IntegerField(default=0),
+            "compute": maintained_field("copy", depends_on=["parent"])(compute_copy),
+        },
+    )
+    return parent, child
+
+
+@isolate_apps("tests.testapp")
+def test_every_cycle_is_reported_at_once():
+    errors = build([*looping_pair("A"), *looping_pair("B")]).errors
+    assert [(e.id, e.msg.rpartition("cycle: ")[2]) for e in errors] == [
+        ("maintained_fields.E004", "testapp.AChild.copy -> testapp.AParent.total -> testapp.AChild.copy."),
+        ("maintained_fields.E004", "testapp.BChild.copy -> testapp.BParent.total -> testapp.BChild.copy."),
+    ]
+
+
+@isolate_apps("tests.testapp")
+def test_multi_table_inheritance_is_an_error():
+    class Place(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        name = models.CharField(max_length=10)
+
+    class Bistro(MaintainedModelMixin, Place):
+        class Meta:
+            app_label = "testapp"
+
+        label = models.CharField(max_length=10)
+
+        @maintained_field("label", depends_on=["name"])
+        def compute(self):
+            return self.name
+
+    assert messages(Place, Bistro) == [
+        (
+            "maintained_fields.E006",
+            "testapp.Bistro has or depends on maintained fields, but testapp.Bistro inherits from "
+            "testapp.Place through multi-table inheritance, which maintained fields do not support: "
+            "a write through one of the two tables is not seen on the other.",
+        )
+    ]
+
+
+@pytest.mark.skipif(not hasattr(models, "DB_CASCADE"), reason="database-level on_delete is new in Django 6.1")
+@isolate_apps("tests.testapp")
+def test_database_level_on_delete_is_an_error():
+    class Crate(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        bottle_count = models.IntegerField(default=0)
+
+        @maintained_field("bottle_count", depends_on=["bottles"])
+        def compute(self):
+            return 0
+
+    class Bottle(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        crate = models.ForeignKey(Crate, models.DB_CASCADE, related_name="bottles")
+
+    assert messages(Crate, Bottle) == [
+        (
+            "maintained_fields.E007",
+            "testapp.Bottle.crate has on_delete=DB_CASCADE: the database changes testapp.Bottle rows "
+            "without signals, so the maintained fields that read them would go stale.",
+        )
+    ]
+
+
+def test_not_installed_is_an_error_at_check_and_at_the_first_write(db):
+    from maintained_fields import graph
+    from maintained_fields.checks import check_installed
+    from tests.drift.models import Shelf
+
+    apps_without = [app for app in settings.INSTALLED_APPS if app != "maintained_fields"]
+    built, graph._graph = graph._graph, None
+    try:
+        with override_settings(INSTALLED_APPS=apps_without):
+            assert [e.id for e in check_installed()] == ["maintained_fields.E008"]
+            with pytest.raises(ImproperlyConfigured, match='Add "maintained_fields" to INSTALLED_APPS'):
+                Shelf.objects.create(name="a")
+    finally:
+        graph._graph = built
+    assert check_installed() == []

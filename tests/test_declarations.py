@@ -44,3 +44,19 @@ def test_subclass_redefining_a_method_replaces_the_declaration():
 
     assert declarations_of(Base).keys() == {"compute"}
     assert declarations_of(Child) == {}
+
+
+@pytest.mark.parametrize("kind", ["async", "generator"])
+def test_compute_method_must_be_a_plain_function(kind):
+    with pytest.raises(TypeError, match="compute methods run synchronously"):
+        if kind == "async":
+
+            @maintained_field("count")
+            async def compute(self):
+                return 1
+
+        else:
+
+            @maintained_field("count")
+            def compute(self):
+                yield 1

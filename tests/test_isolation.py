@@ -215,3 +215,15 @@ class TestAsyncDatabase:
 
         with pytest.raises(SynchronousOnlyOperation, match="async with override_autoupdate"):
             asyncio.run(main())
+
+    def test_plain_with_in_an_event_loop_flushes_where_django_allows_async_unsafe(self, study, monkeypatch):
+        # Jupyter and notebook shells set Django's own opt-out; honour it as Django does.
+        monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+        async def main():
+            with override_autoupdate(mode="deferred"):
+                Sample.objects.create(study_id=study.pk, name="a")
+                assert Study.objects.get(pk=study.pk).sample_count == 0
+
+        asyncio.run(main())
+        assert Study.objects.get(pk=study.pk).sample_count == 1

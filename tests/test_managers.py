@@ -233,3 +233,35 @@ class TestMarkChanged:
 
 def test_lab_fixture_uses_all_models(lab):
     assert Lab.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["immediate", "deferred", "disabled"])
+def test_select_for_update_then_update_outside_a_transaction(mode):
+    # Plain Django ignores the lock here; so must every mode.
+    from tests.drift.models import Box, Shelf
+
+    shelf = Shelf.objects.create(name="a")
+    box = Box.objects.create(shelf=shelf)
+    with override_autoupdate(mode=mode):
+        assert Box.objects.select_for_update().filter(pk=box.pk).update(shelf=None) == 1
+    assert Shelf.objects.get(pk=shelf.pk).box_count == (1 if mode == "disabled" else 0)
+    Box.objects.all().delete()
+    Shelf.objects.all().delete()
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_mark_changed_takes_instances_of_several_models(mode, study):
+    from tests.drift.models import Box, Shelf
+
+    shelf = Shelf.objects.create(name="a")
+    Box.objects.create(shelf=shelf)
+    sample = Sample.objects.create(study=study, name="a")
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Shelf._meta.db_table} SET box_count = 7")
+        cursor.execute(f"UPDATE {Study._meta.db_table} SET sample_count = 7")
+    with override_autoupdate(mode=mode):
+        mark_changed([shelf, sample.study, sample])
+    assert (Shelf.objects.get().box_count, Study.objects.get().sample_count) == (1, 1)
+    with pytest.raises(TypeError, match="QuerySet or model instances, not 3"):
+        mark_changed([shelf, 3])

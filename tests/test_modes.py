@@ -239,6 +239,38 @@ class TestDecorators:
         assert load() == "deferred"
         assert fresh(study).sample_count == 2
 
+    def test_disable_when_reads_positional_and_default_arguments(self, study):
+        @override_autoupdate(mode="deferred", disable_when="dry_run")
+        def load(path, dry_run=False):
+            return get_autoupdate_mode()
+
+        @override_autoupdate(mode="deferred", disable_when="dry_run")
+        def validate(path, dry_run=True):
+            return get_autoupdate_mode()
+
+        assert (load("a.xlsx", True), load("a.xlsx", False), load("a.xlsx")) == ("disabled", "deferred", "deferred")
+        assert (validate("a.xlsx"), validate("a.xlsx", dry_run=False)) == ("disabled", "deferred")
+
+    def test_disable_when_must_name_a_parameter(self):
+        with pytest.raises(TypeError, match=r"load\(path, dryrun=False\), which has no parameter 'dry_run'"):
+
+            @override_autoupdate(mode="deferred", disable_when="dry_run")
+            def load(path, dryrun=False):
+                pass
+
+    def test_generator_functions_are_refused(self):
+        with pytest.raises(TypeError, match="generator function .*rows\\(\\).*around the loop"):
+
+            @override_autoupdate(mode="deferred")
+            def rows():
+                yield 1
+
+        with pytest.raises(TypeError, match="generator function"):
+
+            @override_autoupdate(mode="deferred")
+            async def arows():
+                yield 1
+
     def test_management_command_dry_run_option(self, study):
         class Command(BaseCommand):
             def add_arguments(self, parser):

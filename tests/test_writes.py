@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import models
+from django.db import models, transaction
 
 from maintained_fields import override_autoupdate
 from maintained_fields.graph import Spec
@@ -61,3 +61,13 @@ def test_deferred_flush_writes_to_the_database_the_rows_were_written_to():
         Sample(study=study, name="b").save(using="other")
     assert Study.objects.using("other").get(pk=study.pk).sample_count == 2
     assert not Study.objects.using("default").exists()
+
+
+@pytest.mark.django_db
+def test_a_value_longer_than_its_column_names_the_method_and_the_field():
+    from tests.drift.models import Note
+
+    message = r"Note.compute_shout\(\) returned 'HELLO WORLD'.*drift.Note.shout.*max_length=10"
+    with pytest.raises(ValueError, match=message), transaction.atomic():
+        Note.objects.create(text="hello world")
+    assert not Note.objects.exists()
