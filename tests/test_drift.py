@@ -18,6 +18,8 @@ from tests.drift.models import (
     Account,
     Box,
     Entry,
+    Invoice,
+    InvoiceItem,
     Line,
     ManagedItem,
     Order,
@@ -266,11 +268,42 @@ def test_bulk_create_update_conflicts(mode):
         Line(order=second, reference="L3", amount=3),  # new
     ]
     with override_autoupdate(mode=mode):
-        Line.objects.bulk_create(
-            rows, update_conflicts=True, update_fields=["order", "amount"], unique_fields=["reference"]
-        )
+        # MySQL and MariaDB take no unique_fields: any unique key can conflict.
+        target = {"unique_fields": ["reference"]} if connection.features.supports_update_conflicts_with_target else {}
+        Line.objects.bulk_create(rows, update_conflicts=True, update_fields=["order", "amount"], **target)
     lines = {line.reference: (line.order_id, line.amount, line.label) for line in Line.objects.all()}
     assert lines == {"L1": (second.pk, 10, "L1:10"), "L2": (first.pk, 2, "L2:2"), "L3": (second.pk, 3, "L3:3")}
     for order in Order.objects.all():
         amounts = [amount for order_id, amount, _ in lines.values() if order_id == order.pk]
         assert (order.line_count, order.total) == (len(amounts), sum(amounts))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_composite_primary_key_children(mode):
+    first, second = Invoice.objects.create(), Invoice.objects.create()
+
+    def right():
+        for invoice in Invoice.objects.all():
+            amounts = list(InvoiceItem.objects.filter(invoice=invoice).values_list("amount", flat=True))
+            assert (invoice.item_count, invoice.total) == (len(amounts), sum(amounts))
+        assert all(item.code == item.text.upper() for item in InvoiceItem.objects.all())
+
+    with override_autoupdate(mode=mode):
+        item = InvoiceItem.objects.create(invoice=first, line_no=1, amount=5, text="a")
+        InvoiceItem.objects.create(invoice=first, line_no=2, amount=7, text="b")
+        InvoiceItem.objects.bulk_create([InvoiceItem(invoice=second, line_no=1, amount=1, text="c")])
+    right()
+    with override_autoupdate(mode=mode):
+        item.amount, item.text = 6, "z"
+        item.save()
+        InvoiceItem.objects.filter(invoice=second).update(amount=3)
+    right()
+    items = list(InvoiceItem.objects.filter(invoice=first))
+    for line in items:
+        line.amount += 10
+    with override_autoupdate(mode=mode):
+        InvoiceItem.objects.bulk_update(items, ["amount"])
+        item.delete()
+        InvoiceItem.objects.filter(invoice=second).delete()
+    right()
+    assert Invoice.objects.get(pk=first.pk).item_count == 1

@@ -133,3 +133,31 @@ class Note(MaintainedModel):
     @maintained_field("shout", depends_on=["text"])
     def compute_shout(self):
         return self.text.upper()
+
+
+class Invoice(MaintainedModel):
+    """Counts line items whose primary key is composite."""
+
+    item_count = models.IntegerField(default=0)
+    total = models.IntegerField(default=0)
+
+    @maintained_field("item_count", depends_on=["items"])
+    def compute_item_count(self):
+        return self.items.count()
+
+    @maintained_field("total", depends_on=["items__amount"])
+    def compute_total(self):
+        return sum(self.items.values_list("amount", flat=True))
+
+
+class InvoiceItem(MaintainedModel):
+    pk = models.CompositePrimaryKey("invoice", "line_no")
+    invoice = models.ForeignKey(Invoice, models.CASCADE, related_name="items")
+    line_no = models.IntegerField()
+    amount = models.IntegerField(default=0)
+    text = models.CharField(max_length=20, default="")
+    code = models.CharField(max_length=20, default="")
+
+    @maintained_field("code", depends_on=["text"])
+    def compute_code(self):
+        return self.text.upper()
