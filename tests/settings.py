@@ -24,10 +24,11 @@ INSTALLED_APPS = [
 DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("mysql"):
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
-# A second database, for the tests of work written where its rows live.
+# A second database, for the tests of work written where its rows live; named
+# after the first, so that runs against two database names share nothing.
 DATABASES["other"] = {
     **DATABASES["default"],
-    "NAME": DATABASES["default"]["NAME"] if DATABASES["default"]["NAME"] == ":memory:" else "other",
+    "NAME": ":memory:" if DATABASES["default"]["NAME"] == ":memory:" else f"{DATABASES['default']['NAME']}_other",
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING_CONFIG = None
