@@ -118,7 +118,7 @@ class Graph:
     order: tuple[tuple[type[models.Model], tuple[Spec, ...]], ...] = ()
     labels: frozenset[str] = frozenset()
     errors: list[checks.CheckMessage] = field(default_factory=list)
-    # Each maintained model's position in ``order``, where process() locks rows.
+    # The order in which every writer locks rows, model by model (see _lock_order).
     model_order: dict[type[models.Model], int] = field(default_factory=dict)
 
     def node(self, model: type[models.Model]) -> ModelNode | None:
@@ -459,8 +459,6 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
         )
     graph.specs = tuple(spec for _, group in order for spec in group)
     graph.order = tuple(order)
-    for position, (model, _) in enumerate(order):
-        graph.model_order.setdefault(model, position)
     graph.labels = frozenset(s.label for s in graph.specs if s.label is not None)
 
 
@@ -540,6 +538,54 @@ def _index(graph: Graph) -> None:
         )
     graph.nodes = nodes
     graph.m2m = {through: tuple(found) for through, found in m2m.items()}
+    first_group = {}
+    for position, (model, _) in enumerate(graph.order):
+        first_group.setdefault(model, position)
+    graph.model_order = _lock_order(nodes, first_group)
+
+
+def _lock_order(
+    nodes: dict[type[models.Model], ModelNode], first_group: dict[type[models.Model], int]
+) -> dict[type[models.Model], int]:
+    """Each model's place in the one order in which rows are locked: a model
+    with a foreign key to another comes before it, children before parents.
+
+    A user's write locks its own row first and then leads to its parents: a
+    save of a sample locks the sample, then its studies, then their lab.
+    Locking in that order everywhere, flushes included, leaves no two writers
+    each holding a row the other wants next.  Between models that no foreign
+    key orders, the one recomputed first comes first (models with nothing
+    maintained, such as through models, before all); then the label.
+    """
+
+    def key(model: type[models.Model]) -> tuple[int, str]:
+        return first_group.get(model, -1), model._meta.label
+
+    parents: dict[type[models.Model], set[type[models.Model]]] = {}
+    for model in nodes:
+        parents[model] = {
+            f.related_model._meta.concrete_model
+            for f in model._meta.concrete_fields
+            if f.many_to_one and f.related_model._meta.concrete_model in nodes
+        } - {model}
+    children: dict[type[models.Model], list[type[models.Model]]] = defaultdict(list)
+    for model, found in parents.items():
+        for parent in found:
+            children[parent].append(model)
+    # Kahn's algorithm from the leaves: a model is placed once all its children are.
+    pending_children = {model: len(children[model]) for model in nodes}
+    ready = sorted((m for m in nodes if pending_children[m] == 0), key=key)
+    placed: list[type[models.Model]] = []
+    while ready:
+        model = ready.pop(0)
+        placed.append(model)
+        for parent in parents[model]:
+            pending_children[parent] -= 1
+            if pending_children[parent] == 0:
+                ready.append(parent)
+        ready.sort(key=key)
+    placed += sorted((m for m in nodes if m not in placed), key=key)
+    return {model: position for position, model in enumerate(placed)}
 
 
 def _through_hop(hop: Hop, through: type[models.Model]) -> Hop:

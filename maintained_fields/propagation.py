@@ -117,9 +117,10 @@ def _targets(
 def _lock_targets(graph: Graph, known: list[dict[Any, set[Spec]]], db: str, size: int) -> None:
     by_model: dict[type[models.Model], set[Any]] = {}
     for (model, _), targets in zip(graph.order, known):
-        by_model.setdefault(model, set()).update(targets)
-    for model, pks in by_model.items():  # in graph order: dicts keep insertion order
-        lock_rows(model, db, pks, size)
+        if targets:
+            by_model.setdefault(model, set()).update(targets)
+    for model in sorted(by_model, key=graph.model_order.__getitem__):
+        lock_rows(model, db, by_model[model], size)
 
 
 def recompute_records(specs: Any, pks: Any) -> Records:
