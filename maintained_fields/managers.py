@@ -19,8 +19,9 @@ from . import modes
 from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
 from .propagation import Records, dispatch, merge, recompute_records, records_for
-from .tracking import changed_attnames, compute_own_row, own_row_specs
+from .tracking import changed_attnames, compute_own_row, lock_before_write, own_row_specs
 from .writes import chunks
+from .writes import lock as _lock
 
 
 class MaintainedQuerySet(models.QuerySet):
@@ -43,13 +44,21 @@ class MaintainedQuerySet(models.QuerySet):
         if node is None or not kwargs:
             return super().update(**kwargs)
         written = frozenset(self.model._meta.get_field(name).attname for name in kwargs)
-        with _atomic(scope, self.db):
+        with _atomic(scope, self.db, moving=bool(node.up_links & written)):
             reading = self
             if self.query.select_for_update and not transaction.get_connection(self.db).in_atomic_block:
                 # Plain Django ignores the lock in an update() outside a transaction; so does the read.
                 reading = self._chain()
                 reading.query.select_for_update = False
-            before = {row["pk"]: row for row in reading.values("pk", *((node.tracked & written) | node.up_links))}
+            columns = ("pk", *((node.tracked & written) | node.up_links))
+            if _locking(self.db) and not reading.query.select_for_update:
+                # The rows first, in key order (the UPDATE would lock them in
+                # scan order), with the values they hold under the lock.
+                reading = _lock(models.QuerySet(self.model, using=self.db).filter(pk__in=reading.values("pk")))
+                reading = reading.order_by("pk")
+            before = {row["pk"]: row for row in reading.values(*columns)}
+            new = _plain(node, kwargs)
+            lock_before_write(node, [(SimpleNamespace(**{**old, **new}), old) for old in before.values()], self.db)
             count = super().update(**kwargs)
             after: dict[Any, dict[str, Any]] = {}
             if node.up_links & written:
@@ -98,8 +107,9 @@ class MaintainedQuerySet(models.QuerySet):
                 *(spec.field.name for spec in following if spec.field.attname not in written),
             ]
             written |= {spec.field.attname for spec in following}
-        with _atomic(scope, self.db):
+        with _atomic(scope, self.db, moving=bool(node.up_links & written)):
             before = self._conflicting(objs, unique_fields, node) if written else {}
+            lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
             created = super().bulk_create(objs, **options)
             records: Records = {}
             for obj in created:
@@ -151,8 +161,9 @@ class MaintainedQuerySet(models.QuerySet):
             compute_own_row(obj, own_row)
         fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
         written |= {spec.field.attname for spec in own_row}
-        with _atomic(scope, self.db):
-            before = _rows(self.model, self.db, [obj.pk for obj in objs], node.tracked & written)
+        with _atomic(scope, self.db, moving=bool(node.up_links & written)):
+            before = _rows(self.model, self.db, [obj.pk for obj in objs], node.tracked & written, lock=True)
+            lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
             # A plain QuerySet: bulk_update() calls update(), which must not record again.
             count = models.QuerySet(self.model, using=self.db).bulk_update(objs, fields, batch_size=batch_size)
             records: Records = {}
@@ -173,10 +184,30 @@ class MaintainedManager(models.Manager.from_queryset(MaintainedQuerySet)):  # ty
     """The manager of :class:`MaintainedQuerySet`."""
 
 
-def _atomic(scope: modes.Scope, db: str) -> Any:
-    if scope.mode == modes.IMMEDIATE:
+def _atomic(scope: modes.Scope, db: str, moving: bool = False) -> Any:
+    """The transaction a bulk write runs in: the write and its recompute in
+    immediate mode; a write that may move rows and the read of where they
+    were, in any mode."""
+    if scope.mode == modes.IMMEDIATE or moving:
         return transaction.atomic(using=db, savepoint=False)
     return nullcontext()
+
+
+def _locking(db: str) -> bool:
+    """Whether rows are locked before they are written, here and now."""
+    connection = transaction.get_connection(db)
+    return get_config()["LOCK_ROWS"] and connection.features.has_select_for_update and connection.in_atomic_block
+
+
+def _plain(node: ModelNode, values: dict[str, Any]) -> dict[str, Any]:
+    """The foreign keys among an update()'s ``values`` whose new value is known
+    before the write (not an expression)."""
+    return {
+        attname: value.pk if isinstance(value, models.Model) else value
+        for name, value in values.items()
+        if (attname := node.model._meta.get_field(name).attname) in node.up_links
+        and not hasattr(value, "resolve_expression")
+    }
 
 
 def _unique_sets(model: type[models.Model]) -> list[list[str]]:
@@ -193,11 +224,20 @@ def _unique_sets(model: type[models.Model]) -> list[list[str]]:
     return sets
 
 
-def _rows(model: type[models.Model], db: str, pks: Iterable[Any], attnames: Iterable[str]) -> dict[Any, dict]:
-    """{pk: {"pk": pk, attname: value}} for the rows ``pks`` that exist, in batches."""
+def _rows(
+    model: type[models.Model], db: str, pks: Iterable[Any], attnames: Iterable[str], lock: bool = False
+) -> dict[Any, dict]:
+    """{pk: {"pk": pk, attname: value}} for the rows ``pks`` that exist, in batches.
+
+    With ``lock``, where rows are locked before a write, they are locked too.
+    """
     rows = {}
-    for batch in chunks(pks, get_config()["BATCH_SIZE"]):
-        for row in models.QuerySet(model, using=db).filter(pk__in=batch).values("pk", *attnames):
+    locking = lock and _locking(db)
+    for batch in chunks(sorted(pks) if locking else pks, get_config()["BATCH_SIZE"]):
+        found = models.QuerySet(model, using=db).filter(pk__in=batch)
+        if locking:
+            found = _lock(found.order_by("pk"))
+        for row in found.values("pk", *attnames):
             rows[row["pk"]] = row
     return rows
 

@@ -12,12 +12,13 @@ first row of a load as for the ten-thousandth.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from functools import partial
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import DatabaseError, connections, models, transaction
 
 from . import modes
 from .conf import get_config
@@ -45,6 +46,7 @@ def process(
     instances: tuple[models.Model, ...] = (),
     batch_size: int | None = None,
     level: int = logging.DEBUG,
+    own_transaction: bool = False,
 ) -> None:
     """Recompute every maintained value that ``records`` reach, in one transaction.
 
@@ -52,7 +54,11 @@ def process(
     whose value feeds another's is written before the other is computed, and
     each affected row is recomputed once.  ``instances`` are in-memory
     objects to update with the values written to their rows.  A summary is
-    logged at ``level``.
+    logged at ``level``.  With ``own_transaction`` the transaction is the
+    package's alone (a flush outside the user's), and it reads committed
+    rows whatever isolation level the connection uses: the locks taken here
+    are what keeps concurrent flushes apart, and a REPEATABLE READ or
+    SERIALIZABLE snapshot would only make them fail to serialize.
     """
     graph = get_graph()
     started = time.perf_counter()
@@ -61,6 +67,8 @@ def process(
     in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
     recomputed: dict[str, tuple[set[Any], set[Any]]] = {}  # label: (rows recomputed, rows changed)
     with transaction.atomic(using=db, savepoint=False):
+        if own_transaction:
+            _read_committed(db)
         # Resolve and lock what is known now, model by model in one order for
         # every writer: a model's rows locked group by group would let two
         # writers each hold a row the other wants next.
@@ -95,6 +103,13 @@ def process(
             sum(len(written) for _, written in recomputed.values()),
             time.perf_counter() - started,
         )
+
+
+def _read_committed(db: str) -> None:
+    connection = connections[db]
+    if connection.vendor in ("postgresql", "mysql"):
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
 
 def _targets(
@@ -171,7 +186,10 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
     for (db, labels), records in buffer.take().items():
         if exc is None and first_error is None:
             try:
-                process(db, labels, records, level=logging.INFO)
+                if connections[db].in_atomic_block:
+                    process(db, labels, records, level=logging.INFO)
+                else:
+                    process_retrying(db, labels, records)
             except BaseException as error:
                 first_error = error
         elif exc is not None and connections[db].in_atomic_block:
@@ -182,9 +200,57 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
         raise first_error
 
 
+RETRIES = 5
+
+
+def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -> None:
+    """process() in a transaction of the package's own, outside any of the user's.
+
+    The work is idempotent (it recomputes from the rows as they are), so a
+    deadlock or serialization failure is retried, up to RETRIES attempts in
+    all, after a jittered, growing pause; each retry is logged at WARNING.
+    """
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return process(db, labels, records, level=logging.INFO, own_transaction=True)
+        except DatabaseError as error:
+            if attempt == RETRIES or not _transient(error):
+                raise
+            pause = random.uniform(0.5, 1.5) * 0.02 * 2**attempt
+            logger.warning(
+                "Maintained-field updates on %r failed with %s; retry %d of %d in %.3fs.",
+                db,
+                str(error).splitlines()[0],
+                attempt,
+                RETRIES - 1,
+                pause,
+            )
+            time.sleep(pause)
+
+
+# SQLSTATE classes of PostgreSQL, error numbers of MySQL and MariaDB.
+_POSTGRESQL_TRANSIENT = {"40001", "40P01"}  # serialization failure, deadlock detected
+_MYSQL_TRANSIENT = {1213, 1205, 1020}  # deadlock, lock wait timeout, record changed (snapshot isolation)
+
+
+def _transient(error: DatabaseError) -> bool:
+    """Whether ``error`` is a deadlock or serialization failure, which a retry can get past."""
+    cause = error.__cause__
+    if getattr(cause, "sqlstate", None) in _POSTGRESQL_TRANSIENT:
+        return True
+    pgcode = getattr(cause, "pgcode", None)
+    if pgcode in _POSTGRESQL_TRANSIENT:
+        return True
+    args = getattr(cause, "args", ())
+    return bool(args) and args[0] in _MYSQL_TRANSIENT
+
+
 def _process_logged(db: str, labels: frozenset[str] | None, records: Records) -> None:
     try:
-        process(db, labels, records, level=logging.INFO)
+        if connections[db].in_atomic_block:
+            process(db, labels, records, level=logging.INFO)
+        else:
+            process_retrying(db, labels, records)
     except Exception:
         logger.exception(
             "Deferred maintained-field updates on database %r failed; run "

@@ -21,6 +21,7 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, merge, recompute_records, records_for
+from .writes import lock as lock_rows_of
 from .writes import lock_rows, normalize, resolve
 
 _OLD = "_maintained_fields_old"
@@ -45,7 +46,11 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
             kwargs["update_fields"] = [*update_fields, *added]
             written |= {spec.field.attname for spec in own_row}
     using = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
-    if scope.mode == modes.IMMEDIATE:
+    # A write that may move an existing row reads where it was and writes in
+    # one transaction, with the row locked: a concurrent move between the two
+    # would otherwise leave the parent it came from unknown.
+    may_move = instance.pk is not None and bool(node.up_links & (node.up_links if written is None else written))
+    if scope.mode == modes.IMMEDIATE or may_move:
         with transaction.atomic(using=using, savepoint=False):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     else:
@@ -75,7 +80,7 @@ def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | 
 
 def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
     adding = instance._state.adding
-    old = _read_before(instance, node, using, written, refresh=True)
+    old = _read_before(instance, node, using, written, refresh=True, lock=True)
     if scope.mode == modes.IMMEDIATE:
         lock_parents(instance, node, old, using)
     compute_own_row(instance, own_row)
@@ -98,13 +103,15 @@ def _read_before(
     using: str,
     written: frozenset[str] | None,
     refresh: bool,
+    lock: bool = False,
 ) -> dict[str, Any] | None:
     """The tracked values the row holds before an update: {} if there is no row,
     None if nothing needed reading.
 
     With ``refresh``, the instance's copies of fields maintained from other
     rows are replaced by the database's, so that a stale instance never writes
-    an old value back.
+    an old value back.  With ``lock``, inside a transaction, the row is
+    locked: it is the first row a write locks, before its parents.
     """
     if instance.pk is None:
         return None
@@ -116,12 +123,10 @@ def _read_before(
         columns &= written
     if not columns:
         return None
-    row = (
-        models.QuerySet(node.model, using=using)
-        .filter(pk=instance.pk)
-        .values(*columns)
-        .first()
-    )
+    rows = models.QuerySet(node.model, using=using).filter(pk=instance.pk)
+    if lock and get_config()["LOCK_ROWS"] and connections[using].in_atomic_block:
+        rows = lock_rows_of(rows)
+    row = rows.values(*columns).first()
     if row is None:
         return {}
     if refresh:
@@ -130,30 +135,41 @@ def _read_before(
     return row
 
 
-def lock_parents(instance: models.Model, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
-    """Lock, before a write, the parent rows it will lead to recompute.
+def lock_parents(instance: Any, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
+    """Lock, before a write, the row written and the parents it leads to recompute."""
+    lock_before_write(node, [(instance, old)], using)
+
+
+def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | None]], using: str) -> None:
+    """Lock, before a write of ``rows`` (each an instance or row with its old
+    values, None for a new row), the existing rows and their parents.
 
     On MySQL and MariaDB inserting or moving a child takes a shared lock on
     its parent, which conflicts with the exclusive lock taken to recompute
     the parent: two writers holding the first would wait for each other's
-    second.  Taking the exclusive lock first, in the order process() takes
-    locks, makes them queue instead.  PostgreSQL's FOR NO KEY UPDATE does not
-    conflict with the child's key-share lock, so it needs none of this.
+    second.  Taking the exclusive locks first, children before parents as
+    process() takes them, makes them queue instead.  PostgreSQL's FOR NO KEY
+    UPDATE does not conflict with the child's key-share lock: nothing to do.
     """
     features = connections[using].features
     if features.has_select_for_no_key_update or not features.has_select_for_update:
         return
     if not get_config()["LOCK_ROWS"] or not connections[using].in_atomic_block:
         return
-    parents: dict[tuple[type[models.Model], str], set[Any]] = {}
+    locks: dict[tuple[type[models.Model], str], set[Any]] = {}
+    existing = {row.pk for row, old in rows if old and row.pk is not None}
+    if existing:
+        locks[node.model, "pk"] = existing
     for dep, hop in node.saved_edges:
         if hop.kind == REVERSE and hop.index == 1:
-            for value in (getattr(instance, hop.up_link), old.get(hop.up_link) if old else None):
-                if value is not None:
-                    parents.setdefault((dep.spec.model, hop.parent_key or "pk"), set()).add(value)
+            key = (dep.spec.model, hop.parent_key or "pk")
+            for row, old in rows:
+                for value in (getattr(row, hop.up_link), old.get(hop.up_link) if old else None):
+                    if value is not None:
+                        locks.setdefault(key, set()).add(value)
     order = get_graph().model_order
-    for model, field in sorted(parents, key=lambda key: (order[key[0]], key[1])):
-        lock_rows(model, using, parents[model, field], get_config()["BATCH_SIZE"], field)
+    for model, field in sorted(locks, key=lambda key: (order[key[0]], key[1])):
+        lock_rows(model, using, locks[model, field], get_config()["BATCH_SIZE"], field)
 
 
 def changed_attnames(

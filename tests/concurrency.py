@@ -1,9 +1,19 @@
-"""Concurrent writers: processes that insert, move and delete children of the
-same few parents at once.  Used by test_concurrency.py and by
+"""Concurrent writers: processes that create, move, reweigh and delete samples
+of the same few studies at once.  Used by test_concurrency.py and by
 benchmarks/concurrent_writers.py.
 
-A worker is ``python -m tests.concurrency MODE SEED OPERATIONS START_AT``,
-run with DATABASE_URL naming the database to write to.
+A worker is ``python -m tests.concurrency ROLE SEED OPERATIONS START_AT``, run
+with DATABASE_URL naming the database to write to.  ROLE is
+
+- ``immediate`` or ``deferred`` (blocks of five writes): each write is, at
+  random, 50% a create in a random study, 25% a move of a random sample to a
+  random study with save(), 15% a delete, 10% a change of weight;
+- ``bulk``: QuerySet.update() moves of a few samples, and bulk_create();
+- ``plain``: the same writes as ``immediate``, with the package disabled (the
+  baseline the benchmark compares with).
+
+Each worker prints one line ``done WRITES SECONDS RETRIES`` when it ends.
+A worker exits non-zero when a write fails.
 """
 
 import os
@@ -11,6 +21,7 @@ import random
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,26 +34,27 @@ def database_url(settings_dict):
     return url._replace(path="/" + settings_dict["NAME"]).geturl()
 
 
-def run_workers(url, mode, *, workers=8, operations=40, lock_rows=True, timeout=240):
-    """Run ``workers`` writer processes at once; return their (exit code, output)."""
+def run_workers(url, roles, *, operations=100, lock_rows=True, isolation=None, timeout=300):
+    """Run one writer process per role, all at once; return their (exit code, output)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "PYTHONPATH": str(ROOT),
         "LOCK_ROWS": "1" if lock_rows else "0",
+        "ISOLATION": isolation or "",
     }
     start_at = time.time() + 3  # every worker set up and connected by then
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.concurrency", mode, str(seed), str(operations), str(start_at)],
+            [sys.executable, "-m", "tests.concurrency", role, str(seed), str(operations), str(start_at)],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for seed in range(workers)
+        for seed, role in enumerate(roles)
     ]
     results = []
     for process in processes:
@@ -51,39 +63,127 @@ def run_workers(url, mode, *, workers=8, operations=40, lock_rows=True, timeout=
     return results
 
 
-def work(mode, seed, operations, start_at):
+def summary(results):
+    """(writes, seconds of the slowest worker, retries, failed workers) of a run."""
+    writes = seconds = retries = 0.0
+    for _, output in results:
+        for line in output.splitlines():
+            if line.startswith("done "):
+                done, took, retried = line.split()[1:]
+                writes += int(done)
+                seconds = max(seconds, float(took))
+                retries += int(retried)
+    return int(writes), seconds, int(retries), sum(code != 0 for code, _ in results)
+
+
+def work(role, seed, operations, start_at):
+    import logging
+
     import django
 
     django.setup()
     from django.conf import settings
-    from django.db import connection
+    from django.db import DatabaseError, connection
 
     from maintained_fields import override_autoupdate
     from tests.testapp.models import Sample, Study
 
+    retries = []
+
+    class CountRetries(logging.Handler):
+        def emit(self, record):
+            if "retry" in record.getMessage().lower():
+                retries.append(record)
+
+    logging.getLogger("maintained_fields").addHandler(CountRetries(logging.WARNING))
     settings.MAINTAINED_FIELDS = {"LOCK_ROWS": os.environ["LOCK_ROWS"] == "1"}
+    if os.environ.get("ISOLATION"):
+        connection.settings_dict["OPTIONS"] = {
+            **connection.settings_dict.get("OPTIONS", {}),
+            "isolation_level": _isolation(connection.vendor, os.environ["ISOLATION"]),
+        }
     rng = random.Random(seed)
     studies = list(Study.objects.order_by("pk").values_list("pk", flat=True))
-    mine = []
     connection.ensure_connection()
     time.sleep(max(0, start_at - time.time()))
+    started = time.perf_counter()
     done = 0
-    while done < operations:
-        with override_autoupdate(mode=mode):  # a deferred scope of a few writes
-            for _ in range(5 if mode == "deferred" else 1):
-                choice = rng.random()
-                if choice < 0.5 or not mine:
-                    sample = Sample.objects.create(study_id=rng.choice(studies), name=f"w{seed}-{done}")
-                    mine.append(sample)
-                elif choice < 0.8:
-                    sample = rng.choice(mine)
-                    sample.study_id = rng.choice(studies)
-                    sample.save()
-                else:
-                    mine.pop(rng.randrange(len(mine))).delete()
-                done += 1
+
+    def one_write():
+        choice = rng.random()
+        if choice < 0.5:
+            Sample.objects.create(study_id=rng.choice(studies), name=f"w{seed}-{done}", weight=rng.randint(1, 9))
+            return
+        sample = Sample.objects.order_by("?").first()
+        if sample is None:
+            return
+        # update_fields: a sample another writer deleted meanwhile is not
+        # resurrected (plain save() would insert it again), the write fails.
+        try:
+            if choice < 0.75:
+                sample.study_id = rng.choice(studies)
+                sample.save(update_fields=["study"])
+            elif choice < 0.9:
+                sample.delete()
+            else:
+                sample.weight = Decimal(rng.randint(1, 9))
+                sample.save(update_fields=["weight"])
+        except DatabaseError as error:
+            if "did not affect any rows" not in str(error):
+                raise
+
+    def one_bulk_write():
+        if rng.random() < 0.5:
+            pks = list(Sample.objects.order_by("?").values_list("pk", flat=True)[:3])
+            Sample.objects.filter(pk__in=pks).update(study_id=rng.choice(studies))
+        else:
+            Sample.objects.bulk_create(
+                [Sample(study_id=rng.choice(studies), name=f"b{seed}-{done}-{i}") for i in range(3)]
+            )
+
+    if os.environ.get("ISOLATION"):
+        # Under REPEATABLE READ and SERIALIZABLE a transaction of the user's
+        # own may fail to serialize; the user retries it, as the docs say.
+        one_write, one_bulk_write = _retried(one_write, rng), _retried(one_bulk_write, rng)
+
+    if role == "bulk":
+        while done < operations:
+            one_bulk_write()
+            done += 1
+    else:
+        mode = {"immediate": "immediate", "deferred": "deferred", "plain": "disabled"}[role]
+        while done < operations:
+            with override_autoupdate(mode=mode):  # a deferred scope of a few writes
+                for _ in range(5 if mode == "deferred" else 1):
+                    one_write()
+                    done += 1
+    print(f"done {done} {time.perf_counter() - started:.3f} {len(retries)}", flush=True)
+
+
+def _retried(write, rng, attempts=20):
+    from django.db import OperationalError, transaction
+
+    def run():
+        for attempt in range(attempts):
+            try:
+                with transaction.atomic():
+                    return write()
+            except OperationalError as error:
+                if getattr(error.__cause__, "sqlstate", None) not in ("40001", "40P01") or attempt == attempts - 1:
+                    raise
+                time.sleep(rng.uniform(0.01, 0.03) * (attempt + 1))
+
+    return run
+
+
+def _isolation(vendor, name):
+    if vendor == "postgresql":
+        from psycopg import IsolationLevel
+
+        return getattr(IsolationLevel, name.upper().replace(" ", "_"))
+    return name.lower()
 
 
 if __name__ == "__main__":
-    mode, seed, operations, start_at = sys.argv[1:]
-    work(mode, int(seed), int(operations), float(start_at))
+    role, seed, operations, start_at = sys.argv[1:]
+    work(role, int(seed), int(operations), float(start_at))
