@@ -9,6 +9,7 @@ E005      the model's save() does not run MaintainedModelMixin's
 E006      a model in the graph uses multi-table inheritance
 E007      a model in the graph has a foreign key with a database-level on_delete
 E008      ``maintained_fields`` is not in INSTALLED_APPS
+E009      maintained fields are declared on a proxy model
 W001      bulk writes through the default manager are not seen
 W002      reverse foreign key ``add(bulk=True)`` is not seen
 ========  ===============================================================

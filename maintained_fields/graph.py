@@ -20,7 +20,7 @@ from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models import ForeignObjectRel
 
-from .declarations import declarations_of
+from .declarations import ATTRIBUTE, declarations_of
 
 OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
 
@@ -120,6 +120,9 @@ class Graph:
     errors: list[checks.CheckMessage] = field(default_factory=list)
     # The order in which every writer locks rows, model by model (see _lock_order).
     model_order: dict[type[models.Model], int] = field(default_factory=dict)
+    # Per model, the foreign keys onto it that a path follows and whose
+    # on_delete moves the children to another row (SET, SET_DEFAULT, custom).
+    moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey, ...]] = field(default_factory=dict)
 
     def node(self, model: type[models.Model]) -> ModelNode | None:
         return self.nodes.get(model._meta.concrete_model)
@@ -193,8 +196,10 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
                 steps.append((M2M, found.field, related, False))
             elif isinstance(found, ForeignObjectRel):
                 steps.append((REVERSE, found.field, related, False))
-            else:
+            elif isinstance(found, models.ForeignKey):
                 steps.append((FORWARD, found, related, True))
+            else:
+                raise _PathError(f"{name!r} is a generic relation, which depends_on cannot follow")
             current = related._meta.concrete_model
         else:
             if position != len(names) - 1:
@@ -272,6 +277,16 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
     seen: dict[tuple[type[models.Model], str], str] = {}
     for model in model_list:
         meta = model._meta
+        if meta.proxy and any(getattr(v, ATTRIBUTE, None) for v in vars(model).values()):
+            graph.errors.append(
+                _error(
+                    9,
+                    f"{meta.label} declares maintained fields, but it is a proxy model: maintained "
+                    f"fields belong to the concrete model, {meta.concrete_model._meta.label}.",
+                    model,
+                    f"Move the @maintained_field methods to {meta.concrete_model._meta.label}.",
+                )
+            )
         if meta.abstract or meta.proxy:
             continue
         declared = declarations_of(model)
@@ -363,12 +378,12 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
             )
         )
         return None
-    if not target.concrete or target.many_to_many or target.primary_key:
+    if not target.concrete or target.many_to_many or target.primary_key or getattr(target, "generated", False):
         errors.append(
             _error(
                 1,
                 f"{where} maintains {declaration.field_name!r}, which is not a column "
-                f"that can be written (a primary key, many-to-many or reverse relation).",
+                f"that can be written (a primary key, generated field, many-to-many or reverse relation).",
                 model,
                 "Maintain a concrete, non-primary-key field of the model.",
             )
@@ -542,6 +557,17 @@ def _index(graph: Graph) -> None:
     for position, (model, _) in enumerate(graph.order):
         first_group.setdefault(model, position)
     graph.model_order = _lock_order(nodes, first_group)
+    moved: dict[type[models.Model], list[models.ForeignKey]] = defaultdict(list)
+    for model, node in nodes.items():
+        for foreign_key in model._meta.concrete_fields:
+            if foreign_key.many_to_one and foreign_key.attname in node.up_links:
+                if foreign_key.remote_field.on_delete not in _KEEPS_OR_CLEARS:
+                    moved[foreign_key.related_model._meta.concrete_model].append(foreign_key)
+    graph.moved_on_delete = {model: tuple(found) for model, found in moved.items()}
+
+
+# on_delete actions that leave no child pointing at another row.
+_KEEPS_OR_CLEARS = (models.CASCADE, models.PROTECT, models.RESTRICT, models.DO_NOTHING, models.SET_NULL)
 
 
 def _lock_order(

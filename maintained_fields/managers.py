@@ -116,6 +116,12 @@ class MaintainedQuerySet(models.QuerySet):
                 if obj.pk is None or obj.pk not in before:
                     new = records_for(node, obj, labels=scope.labels, created=True, own_row_done=True)
                     merge(records, new)
+            unnamed = [obj for obj in created if obj.pk is None]
+            if unnamed and ignore_conflicts:
+                # The database did not say which keys it gave: find the rows by
+                # their unique fields, to compute what they read through relations.
+                for row in self._conflicting(unnamed, None, node).values():
+                    merge(records, records_for(node, SimpleNamespace(**row), labels=scope.labels, created=True))
             after = _rows(self.model, self.db, before, node.up_links & written) if before else {}
             for pk, old in before.items():
                 row = SimpleNamespace(**{**old, **after.get(pk, {})})

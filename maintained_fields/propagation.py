@@ -197,6 +197,10 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
         else:
             _process_logged(db, labels, records)
     if first_error is not None:
+        first_error.add_note(
+            "No maintained value recorded in this deferred scope was written (the rows it wrote "
+            "are kept); run rebuild_maintained_fields to repair them once the cause is fixed."
+        )
         raise first_error
 
 

@@ -21,8 +21,8 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, merge, recompute_records, records_for
+from .writes import chunks, lock_rows, normalize, resolve
 from .writes import lock as lock_rows_of
-from .writes import lock_rows, normalize, resolve
 
 _OLD = "_maintained_fields_old"
 _CLEARED = "_maintained_fields_cleared"
@@ -58,13 +58,17 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
 
 
 def own_row_specs(node: ModelNode, scope: modes.Scope, written: frozenset[str] | None) -> list[Spec]:
-    """The own-row fields a write of ``written`` (None: every field) recomputes."""
-    return [
-        spec
-        for spec in node.own_row
-        if (scope.labels is None or spec.label in scope.labels)
-        and (not spec.own_triggers or written is None or spec.own_triggers & written)
-    ]
+    """The own-row fields a write of ``written`` (None: every field) recomputes,
+    with the ones that read those (``node.own_row`` is in dependency order)."""
+    chosen = []
+    for spec in node.own_row:
+        if (scope.labels is None or spec.label in scope.labels) and (
+            not spec.own_triggers or written is None or spec.own_triggers & written
+        ):
+            chosen.append(spec)
+            if written is not None:
+                written = written | {spec.field.attname}
+    return chosen
 
 
 def compute_own_row(instance: models.Model, specs: list[Spec]) -> None:
@@ -81,8 +85,7 @@ def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | 
 def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
-    if scope.mode == modes.IMMEDIATE:
-        lock_parents(instance, node, old, using)
+    lock_parents(instance, node, old, using)
     compute_own_row(instance, own_row)
     save(**kwargs)
     records = records_for(
@@ -136,13 +139,14 @@ def _read_before(
 
 
 def lock_parents(instance: Any, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
-    """Lock, before a write, the row written and the parents it leads to recompute."""
+    """Lock, before a write, the parents it leads to recompute."""
     lock_before_write(node, [(instance, old)], using)
 
 
 def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | None]], using: str) -> None:
     """Lock, before a write of ``rows`` (each an instance or row with its old
-    values, None for a new row), the existing rows and their parents.
+    values, None for a new row), the parents they leave and join.  The rows
+    themselves were locked when their old values were read.
 
     On MySQL and MariaDB inserting or moving a child takes a shared lock on
     its parent, which conflicts with the exclusive lock taken to recompute
@@ -157,9 +161,6 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
     if not get_config()["LOCK_ROWS"] or not connections[using].in_atomic_block:
         return
     locks: dict[tuple[type[models.Model], str], set[Any]] = {}
-    existing = {row.pk for row, old in rows if old and row.pk is not None}
-    if existing:
-        locks[node.model, "pk"] = existing
     for dep, hop in node.saved_edges:
         if hop.kind == REVERSE and hop.index == 1:
             key = (dep.spec.model, hop.parent_key or "pk")
@@ -239,8 +240,7 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
     node = get_graph().node(sender)
     written = attnames_of(instance, update_fields)
     old = _read_before(instance, node, using, written, refresh=False)
-    if scope.mode == modes.IMMEDIATE:
-        lock_parents(instance, node, old, using)
+    lock_parents(instance, node, old, using)
     instance.__dict__[_OLD] = (instance._state.adding, written, old)
 
 
@@ -274,13 +274,16 @@ class _PendingDelete:
         self.seen: set[tuple[type[models.Model], Any]] = set()
         self.waiting: set[tuple[type[models.Model], Any]] = set()
         self.records: Records = {}
+        # Children that on_delete=SET(...)/SET_DEFAULT moves to another parent.
+        self.moved: dict[type[models.Model], set[Any]] = {}
 
 
 def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
-    node = get_graph().node(sender)
+    graph = get_graph()
+    node = graph.node(sender)
     holder = origin if origin is not None else instance
     key = (node.model, instance.pk)
     pending = holder.__dict__.get(_DELETING)
@@ -308,6 +311,13 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
             if targets:
                 records.setdefault((dep, 0), set()).update(targets)
     merge(pending.records, records)
+    for foreign_key in graph.moved_on_delete.get(node.model, ()):
+        children = models.QuerySet(foreign_key.model, using=using).filter(
+            **{foreign_key.attname: getattr(instance, foreign_key.target_field.attname)}
+        )
+        pending.moved.setdefault(foreign_key.model._meta.concrete_model, set()).update(
+            children.values_list("pk", flat=True)
+        )
 
 
 def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
@@ -318,6 +328,11 @@ def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
     pending.waiting.discard((sender._meta.concrete_model, instance.pk))
     if not pending.waiting:
         del holder.__dict__[_DELETING]
+        for model, pks in pending.moved.items():
+            # Where the children went is known now that Django has moved them.
+            node = get_graph().nodes[model]
+            for row in _rows_with_links(node, using, pks):
+                merge(pending.records, records_for(node, row, labels=pending.scope.labels, created=True))
         dispatch(pending.scope, using, pending.records)
 
 
@@ -378,6 +393,14 @@ def _add_mirror_links(through: type[models.Model], field: models.ManyToManyField
     models.QuerySet(through, using=using).bulk_create(missing)
 
 
+def _rows_with_links(node: ModelNode, using: str, pks: set[Any]) -> list[SimpleNamespace]:
+    found = []
+    for batch in chunks(pks, get_config()["BATCH_SIZE"]):
+        rows = models.QuerySet(node.model, using=using).filter(pk__in=batch).values("pk", *node.up_links)
+        found += [SimpleNamespace(**row) for row in rows]
+    return found
+
+
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
     """Connect the signal receivers that the graph needs, to each model and its proxies.
 
@@ -394,7 +417,7 @@ def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
                 signals.post_save.connect(_post_save, sender=sender, dispatch_uid=uid)
             else:
                 _saved_by_mixin.append(sender)
-            if any(hop.index > 0 for _, hop in node.edges):
+            if any(hop.index > 0 for _, hop in node.edges) or model in graph.moved_on_delete:
                 signals.pre_delete.connect(_pre_delete, sender=sender, dispatch_uid=uid)
                 signals.post_delete.connect(_post_delete, sender=sender, dispatch_uid=uid)
     for through in graph.m2m:
@@ -418,18 +441,28 @@ def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: st
     mark them before and after it, inside ``override_autoupdate(mode="deferred")``,
     so that both parents are recomputed.
     """
+    if isinstance(objects, models.Manager) or (isinstance(objects, type) and issubclass(objects, models.Model)):
+        raise TypeError(
+            f"mark_changed() takes a QuerySet or model instances, not {objects!r}: "
+            "pass Model.objects.all() or a filtered QuerySet."
+        )
+    if not isinstance(objects, (models.QuerySet, Iterable)) or isinstance(objects, (str, bytes)):
+        raise TypeError(f"mark_changed() takes a QuerySet or model instances, not {objects!r}.")
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
     if isinstance(objects, models.QuerySet):
         node = _node_for_marking(objects.model)
-        rows = [SimpleNamespace(**row) for row in objects.values("pk", *node.up_links)]
+        columns = ("pk", *node.up_links) if node.model in get_graph().nodes else ("pk", *_link_columns(node))
+        rows = [SimpleNamespace(**row) for row in objects.values(*columns)]
         _mark(scope, node, using or objects.db, rows)
         return
     groups: dict[tuple[type[models.Model], str], list[models.Model]] = {}
     for obj in objects:
         if not isinstance(obj, models.Model):
             raise TypeError(f"mark_changed() takes a QuerySet or model instances, not {obj!r}.")
+        if obj.pk is None:
+            raise ValueError(f"mark_changed() got {obj!r}, which is not saved: save it first.")
         db = using or obj._state.db or router.db_for_write(type(obj), instance=obj)
         groups.setdefault((obj._meta.concrete_model, db), []).append(obj)
     for (model, db), rows in groups.items():
@@ -438,6 +471,14 @@ def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: st
 
 def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None:
     records: Records = {}
+    if node.model not in get_graph().nodes:
+        # Links of an auto-created many-to-many table: both ends gained or lost one.
+        for dep, hop in get_graph().m2m[node.model]:
+            if scope.labels is None or dep.spec.label in scope.labels:
+                attname = _link_columns(node)[0 if hop.m2m_forward else 1]
+                records.setdefault((dep, hop.index - 1), set()).update(getattr(row, attname) for row in rows)
+        dispatch(scope, db, records)
+        return
     for row in rows:
         merge(records, records_for(node, row, labels=scope.labels, created=True))
     specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
@@ -445,8 +486,19 @@ def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None
     dispatch(scope, db, records)
 
 
+def _link_columns(node: ModelNode) -> tuple[str, str]:
+    """The attnames of an auto-created through model's two foreign keys: the
+    declaring model's side, then the other."""
+    field = get_graph().m2m[node.model][0][1].m2m_field
+    meta = node.model._meta
+    return meta.get_field(field.m2m_field_name()).attname, meta.get_field(field.m2m_reverse_field_name()).attname
+
+
 def _node_for_marking(model: type[models.Model]) -> ModelNode:
-    node = get_graph().node(model)
+    graph = get_graph()
+    node = graph.node(model)
+    if node is None and model._meta.concrete_model in graph.m2m:
+        return ModelNode(model._meta.concrete_model)
     if node is None:
         raise ValueError(
             f"mark_changed() got {model._meta.label} rows, but {model._meta.label} has no "

@@ -393,3 +393,57 @@ def test_not_installed_is_an_error_at_check_and_at_the_first_write(db):
     finally:
         graph._graph = built
     assert check_installed() == []
+
+
+@isolate_apps("tests.testapp")
+def test_generic_relations_proxies_and_generated_fields_are_errors():
+    from django.contrib.contenttypes.fields import GenericForeignKey, GenericRelation
+
+    class Remark(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        kind = models.ForeignKey("contenttypes.ContentType", models.CASCADE)
+        object_id = models.PositiveIntegerField()
+        target = GenericForeignKey("kind", "object_id")
+
+    class Paper(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        remarks = GenericRelation(Remark, content_type_field="kind")
+        remark_count = models.IntegerField(default=0)
+        size = models.IntegerField(default=0)
+        double = models.GeneratedField(
+            expression=models.F("size") * 2, output_field=models.IntegerField(), db_persist=True
+        )
+
+        @maintained_field("remark_count", depends_on=["remarks"])
+        def compute_remark_count(self):
+            return self.remarks.count()
+
+        @maintained_field("double", depends_on=["size"])
+        def compute_double(self):
+            return self.size * 2
+
+    class PaperProxy(Paper):
+        class Meta:
+            app_label = "testapp"
+            proxy = True
+
+        @maintained_field("size")
+        def compute_size(self):
+            return 1
+
+    assert [(id, msg.split(": ")[0]) for id, msg in messages(Remark, Paper, PaperProxy)] == [
+        ("maintained_fields.E002", "testapp.Paper.compute_remark_count() depends on 'remarks', which does not resolve"),
+        (
+            "maintained_fields.E001",
+            "testapp.Paper.compute_double() maintains 'double', which is not a column that can be written "
+            "(a primary key, generated field, many-to-many or reverse relation).",
+        ),
+        (
+            "maintained_fields.E009",
+            "testapp.PaperProxy declares maintained fields, but it is a proxy model",
+        ),
+    ]

@@ -13,21 +13,27 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.models import signals
 
-from maintained_fields import override_autoupdate
+from maintained_fields import mark_changed, override_autoupdate
 from tests.drift.models import (
     Account,
+    Article,
+    Book,
     Box,
     Entry,
     Invoice,
     InvoiceItem,
     Line,
     ManagedItem,
+    Member,
     Order,
     Person,
     PlainItem,
     Posting,
     Rack,
     Shelf,
+    Sign,
+    Team,
+    Topic,
 )
 
 pytestmark = pytest.mark.django_db
@@ -307,3 +313,79 @@ def test_composite_primary_key_children(mode):
         InvoiceItem.objects.filter(invoice=second).delete()
     right()
     assert Invoice.objects.get(pk=first.pk).item_count == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_chain_of_own_row_fields_under_update_fields(mode):
+    sign = Sign.objects.create(name="Alpha", code="a")
+    with override_autoupdate(mode=mode):
+        sign.name = "Gamma"
+        sign.save(update_fields=["name"])
+    assert Sign.objects.values_list("slug", "shout").get() == ("gamma", "GAMMA!")
+    with override_autoupdate(mode=mode):
+        Sign.objects.update_or_create(code="a", defaults={"name": "Delta"})
+    assert Sign.objects.values_list("slug", "shout").get() == ("delta", "DELTA!")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_on_delete_set_moves_children_to_a_parent_that_is_recomputed(mode):
+    fallback, team = Team.objects.create(name="fallback"), Team.objects.create(name="t")
+    Member.objects.create(name="ann", team=team)
+    Member.objects.create(name="bob", team=fallback)
+    with override_autoupdate(mode=mode):
+        team.delete()
+    assert Team.objects.values_list("member_count", "member_names").get() == (2, "ann,bob")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mark_changed_takes_links_of_an_auto_created_through_table(mode):
+    article, topic = Article.objects.create(), Topic.objects.create()
+    Links = Article.topics.through
+    Links.objects.create(article=article, topic=topic)  # Django sends no signal for these rows
+    with override_autoupdate(mode=mode):
+        mark_changed(Links.objects.all())
+    assert Topic.objects.get().article_count == 1
+    Links.objects.all().delete()
+    with override_autoupdate(mode=mode):
+        mark_changed([topic])
+    assert Topic.objects.get().article_count == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bulk_create_ignore_conflicts_computes_what_new_rows_read_through_relations(mode, shelves):
+    a, _ = shelves
+    Book.objects.create(isbn="1", shelf=a)
+    with override_autoupdate(mode=mode):
+        Book.objects.bulk_create([Book(isbn="1", shelf=a), Book(isbn="2", shelf=a)], ignore_conflicts=True)
+    assert list(Book.objects.order_by("isbn").values_list("isbn", "shelf_name")) == [("1", "a"), ("2", "a")]
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (None, "not None"),
+        (5, "not 5"),
+        (Shelf, "pass Model.objects.all()"),
+        (Shelf.objects, "pass Model.objects.all()"),
+    ],
+)
+def test_mark_changed_refuses_what_is_not_rows(argument, message):
+    with pytest.raises(TypeError, match=message):
+        mark_changed(argument)
+
+
+def test_mark_changed_refuses_unsaved_rows(db):
+    with pytest.raises(ValueError, match="not saved: save it first"):
+        mark_changed([Shelf(name="new")])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_deferred_flush_says_that_nothing_was_maintained():
+    shelf, team = Shelf.objects.create(name="a"), Team.objects.create(name="t")
+    with pytest.raises(ValueError, match="max_length=200") as raised:
+        with override_autoupdate(mode="deferred"):
+            Box.objects.create(shelf=shelf)
+            for n in range(10):
+                Member.objects.create(name=f"{n:020d}", team=team)  # member_names outgrows its column
+    assert "run rebuild_maintained_fields" in "".join(raised.value.__notes__)
+    assert Shelf.objects.get().box_count == 0

@@ -71,8 +71,10 @@ class TestUpdate:
         with override_autoupdate(mode="deferred"):
             with CaptureQueriesContext(connection) as queries:
                 Sample.objects.update(study=second)
-        # the rows before, the UPDATE, the moved keys after: no query per row
-        assert len(queries) == 3
+        # the rows before, the UPDATE, the moved keys after: no query per row (on
+        # MySQL and MariaDB, inside a transaction, one more locks the old and new
+        # parents first)
+        assert len(queries) == (4 if connection.vendor == "mysql" else 3)
         assert (fresh(first).sample_count, fresh(second).sample_count) == (0, 50)
 
 

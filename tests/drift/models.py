@@ -161,3 +161,69 @@ class InvoiceItem(MaintainedModel):
     @maintained_field("code", depends_on=["text"])
     def compute_code(self):
         return self.text.upper()
+
+
+class Sign(MaintainedModel):
+    """Own-row fields in a chain: shout reads slug, which reads name."""
+
+    name = models.CharField(max_length=30)
+    code = models.CharField(max_length=10, unique=True, null=True)
+    slug = models.CharField(max_length=30, default="")
+    shout = models.CharField(max_length=31, default="")
+
+    @maintained_field("slug", depends_on=["name"])
+    def compute_slug(self):
+        return self.name.lower()
+
+    @maintained_field("shout", depends_on=["slug"])
+    def compute_shout(self):
+        return self.slug.upper() + "!"
+
+
+class Team(MaintainedModel):
+    name = models.CharField(max_length=20)
+    member_count = models.IntegerField(default=0)
+    member_names = models.CharField(max_length=200, default="")
+
+    @maintained_field("member_count", depends_on=["members"])
+    def compute_member_count(self):
+        return self.members.count()
+
+    @maintained_field("member_names", depends_on=["members__name"])
+    def compute_member_names(self):
+        return ",".join(sorted(self.members.values_list("name", flat=True)))
+
+
+def fallback_team():
+    return Team.objects.get(name="fallback").pk
+
+
+class Member(MaintainedModel):
+    """Moved to another team when its team is deleted."""
+
+    name = models.CharField(max_length=20)
+    team = models.ForeignKey(Team, models.SET(fallback_team), related_name="members")
+
+
+class Article(MaintainedModel):
+    topics = models.ManyToManyField("Topic", related_name="articles")
+
+
+class Topic(MaintainedModel):
+    article_count = models.IntegerField(default=0)
+
+    @maintained_field("article_count", depends_on=["articles"])
+    def compute_article_count(self):
+        return self.articles.count()
+
+
+class Book(MaintainedModel):
+    """Reads its shelf through a forward foreign key."""
+
+    isbn = models.CharField(max_length=13, unique=True)
+    shelf = models.ForeignKey(Shelf, models.CASCADE)
+    shelf_name = models.CharField(max_length=50, default="")
+
+    @maintained_field("shelf_name", depends_on=["shelf__name"])
+    def compute_shelf_name(self):
+        return self.shelf.name
