@@ -179,6 +179,8 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
     terminal: models.Field | None = None
     current = model
     for position, name in enumerate(names):
+        if name == "pk":  # as in filter(): the primary key
+            name = current._meta.pk.name
         try:
             found = current._meta.get_field(name)
         except FieldDoesNotExist:

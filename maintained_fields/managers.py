@@ -208,12 +208,15 @@ def _locking(db: str) -> bool:
 def _plain(node: ModelNode, values: dict[str, Any]) -> dict[str, Any]:
     """The foreign keys among an update()'s ``values`` whose new value is known
     before the write (not an expression)."""
-    return {
-        attname: value.pk if isinstance(value, models.Model) else value
-        for name, value in values.items()
-        if (attname := node.model._meta.get_field(name).attname) in node.up_links
-        and not hasattr(value, "resolve_expression")
-    }
+    found = {}
+    for name, value in values.items():
+        field = node.model._meta.get_field(name)
+        if field.attname in node.up_links and not hasattr(value, "resolve_expression"):
+            # The column holds the field the key points at, the primary key or a to_field.
+            if isinstance(value, models.Model):
+                value = getattr(value, field.target_field.attname)
+            found[field.attname] = value
+    return found
 
 
 def _unique_sets(model: type[models.Model]) -> list[list[str]]:

@@ -155,10 +155,7 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
     process() takes them, makes them queue instead.  PostgreSQL's FOR NO KEY
     UPDATE does not conflict with the child's key-share lock: nothing to do.
     """
-    features = connections[using].features
-    if features.has_select_for_no_key_update or not features.has_select_for_update:
-        return
-    if not get_config()["LOCK_ROWS"] or not connections[using].in_atomic_block:
+    if not _locks_parents_first(using):
         return
     locks: dict[tuple[type[models.Model], str], set[Any]] = {}
     for dep, hop in node.saved_edges:
@@ -171,6 +168,19 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
     order = get_graph().model_order
     for model, field in sorted(locks, key=lambda key: (order[key[0]], key[1])):
         lock_rows(model, using, locks[model, field], get_config()["BATCH_SIZE"], field)
+
+
+def _locks_parents_first(using: str) -> bool:
+    """Whether a write here must lock the rows it leads to recompute before it
+    writes: on MySQL and MariaDB, inside a transaction, with LOCK_ROWS."""
+    connection = connections[using]
+    features = connection.features
+    return (
+        features.has_select_for_update
+        and not features.has_select_for_no_key_update
+        and get_config()["LOCK_ROWS"]
+        and connection.in_atomic_block
+    )
 
 
 def changed_attnames(
@@ -205,6 +215,7 @@ def loading_fixtures() -> Iterator[None]:
         if _loads_running == 1:
             for sender in _saved_by_mixin:
                 signals.pre_save.connect(_pre_save_raw, sender=sender, dispatch_uid=_uid(sender))
+                signals.post_save.connect(_post_save_raw, sender=sender, dispatch_uid=_uid(sender))
     token = _loading_fixtures.set(True)
     try:
         yield
@@ -215,16 +226,24 @@ def loading_fixtures() -> Iterator[None]:
             if _loads_running == 0:
                 for sender in _saved_by_mixin:
                     signals.pre_save.disconnect(sender=sender, dispatch_uid=_uid(sender))
+                    signals.post_save.disconnect(sender=sender, dispatch_uid=_uid(sender))
 
 
 def _pre_save_raw(sender, instance, raw, using, **kwargs) -> None:
     if not (raw and _loading_fixtures.get()):
         return
+    # The row is written as it stands: where it pointed before must be read now.
+    old = _read_before(instance, get_graph().node(sender), using, None, refresh=False)
+    instance.__dict__[_OLD] = old
+
+
+def _post_save_raw(sender, instance, raw, using, **kwargs) -> None:
+    # After the write: a fixture row without a primary key has one only now.
+    if not raw or _OLD not in instance.__dict__:
+        return
+    old = instance.__dict__.pop(_OLD)
     scope = modes.current_scope()
     node = get_graph().node(sender)
-    # The row is written as it stands: what it points at is known now, and
-    # where it pointed before must be read now.
-    old = _read_before(instance, node, using, None, refresh=False)
     records = records_for(node, instance, labels=scope.labels, created=True, old=old)
     specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
     merge(records, recompute_records(specs, [instance.pk]))
@@ -245,8 +264,10 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
 
 
 def _post_save(sender, instance, created, raw, using, **kwargs) -> None:
+    if raw:
+        return _post_save_raw(sender, instance, raw, using)
     state = instance.__dict__.pop(_OLD, None)
-    if raw or state is None:
+    if state is None:
         return
     scope = modes.current_scope()
     node = get_graph().node(sender)
@@ -341,12 +362,24 @@ def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
 
 
 def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs) -> None:
-    if action not in ("post_add", "post_remove", "pre_clear", "post_clear"):
+    if action not in ("pre_add", "post_add", "post_remove", "pre_clear", "post_clear"):
         return
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
     edges = get_graph().m2m.get(sender._meta.concrete_model, ())
+    if action == "pre_add":
+        # Inserting links takes shared locks on both ends on MySQL and MariaDB:
+        # take the exclusive ones of the recompute first, as lock_before_write.
+        if pk_set and _locks_parents_first(using):
+            ends: dict[type[models.Model], set[Any]] = {}
+            for dep, hop in edges:
+                if hop.index == 1:
+                    ends.setdefault(dep.spec.model, set()).update(_m2m_rows(hop, instance, reverse, pk_set))
+            order = get_graph().model_order
+            for end in sorted(ends, key=order.__getitem__):
+                lock_rows(end, using, ends[end], get_config()["BATCH_SIZE"])
+        return
     if action == "pre_clear":
         field = edges[0][1].m2m_field
         mine, theirs = field.m2m_field_name(), field.m2m_reverse_field_name()
@@ -364,15 +397,19 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
     for dep, hop in edges:
         if scope.labels is not None and dep.spec.label not in scope.labels:
             continue
-        if hop.m2m_field.remote_field.symmetrical:
-            # Django writes both directions of a symmetrical link: both ends changed.
-            rows = {instance.pk, *(pk_set or ())}
-        else:
-            # The instance is on the declaring side when the signal is not reversed.
-            rows = {instance.pk} if hop.m2m_forward != reverse else pk_set
+        rows = _m2m_rows(hop, instance, reverse, pk_set)
         if rows:
             records.setdefault((dep, hop.index - 1), set()).update(rows)
     dispatch(scope, using, records)
+
+
+def _m2m_rows(hop: Any, instance: models.Model, reverse: bool, pk_set: set | None) -> set[Any]:
+    """The rows on the previous hop's side of ``hop`` that a change of links touches."""
+    if hop.m2m_field.remote_field.symmetrical:
+        # Django writes both directions of a symmetrical link: both ends changed.
+        return {instance.pk, *(pk_set or ())}
+    # The instance is on the declaring side when the signal is not reversed.
+    return {instance.pk} if hop.m2m_forward != reverse else set(pk_set or ())
 
 
 def _add_mirror_links(through: type[models.Model], field: models.ManyToManyField, pk: Any, others: set, using) -> None:

@@ -60,3 +60,11 @@ def test_compute_method_must_be_a_plain_function(kind):
             @maintained_field("count")
             def compute(self):
                 yield 1
+
+
+def test_pk_in_a_path_is_the_primary_key():
+    from maintained_fields.graph import _resolve
+    from tests.testapp.models import Lab
+
+    hops = _resolve(Lab, "studies__pk")
+    assert [hop.kind for hop in hops] == ["own", "reverse"] and hops[1].triggers == {"lab_id", "id"}
