@@ -9,6 +9,7 @@ with DATABASE_URL naming the database to write to.  ROLE is
   random, 50% a create in a random study, 25% a move of a random sample to a
   random study with save(), 15% a delete, 10% a change of weight;
 - ``bulk``: QuerySet.update() moves of a few samples, and bulk_create();
+- ``links``: many-to-many adds and removes between the studies and tags;
 - ``plain``: the same writes as ``immediate``, with the package disabled (the
   baseline the benchmark compares with).
 
@@ -86,7 +87,7 @@ def work(role, seed, operations, start_at):
     from django.db import DatabaseError, connection
 
     from maintained_fields import override_autoupdate
-    from tests.testapp.models import Sample, Study
+    from tests.testapp.models import Sample, Study, Tag
 
     retries = []
 
@@ -141,14 +142,24 @@ def work(role, seed, operations, start_at):
                 [Sample(study_id=rng.choice(studies), name=f"b{seed}-{done}-{i}") for i in range(3)]
             )
 
+    tags = list(Tag.objects.order_by("pk"))
+
+    def one_link():
+        study = Study.objects.get(pk=rng.choice(studies))
+        if rng.random() < 0.6:
+            study.tags.add(*rng.sample(tags, 2))
+        else:
+            rng.choice(tags).studies.remove(study)
+
     if os.environ.get("ISOLATION"):
         # Under REPEATABLE READ and SERIALIZABLE a transaction of the user's
         # own may fail to serialize; the user retries it, as the docs say.
-        one_write, one_bulk_write = _retried(one_write, rng), _retried(one_bulk_write, rng)
+        one_write, one_bulk_write, one_link = (_retried(write, rng) for write in (one_write, one_bulk_write, one_link))
 
-    if role == "bulk":
+    if role in ("bulk", "links"):
+        write = one_bulk_write if role == "bulk" else one_link
         while done < operations:
-            one_bulk_write()
+            write()
             done += 1
     else:
         mode = {"immediate": "immediate", "deferred": "deferred", "plain": "disabled"}[role]

@@ -11,9 +11,10 @@ from django.db import connection
 from django.db.models import Sum
 
 from tests.concurrency import database_url, run_workers, summary
-from tests.testapp.models import Lab, Sample, Study
+from tests.testapp.models import Lab, Sample, Study, Tag
 
 pytestmark = [
+    pytest.mark.concurrency,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(
         connection.vendor == "sqlite",
@@ -23,7 +24,7 @@ pytestmark = [
 
 # CI runs the workload several times in a row on each database server.
 ROUNDS = int(os.environ.get("MAINTAINED_FIELDS_CONCURRENCY_ROUNDS", "1"))
-MIXED = ["immediate"] * 4 + ["deferred"] * 4 + ["bulk"]
+MIXED = ["immediate"] * 4 + ["deferred"] * 4 + ["bulk", "links"]
 
 
 def assert_no_drift():
@@ -36,12 +37,18 @@ def assert_no_drift():
         assert lab.sample_total == Sample.objects.filter(study__lab=lab).count()
     for sample in Sample.objects.select_related("study"):
         assert sample.study_name == sample.study.name
+    for tag in Tag.objects.all():
+        assert tag.study_count == tag.studies.count()
+    for study in Study.objects.all():
+        assert study.tag_names == ",".join(sorted(study.tags.values_list("name", flat=True)))
 
 
 def run(roles, studies="abc", **options):
     lab = Lab.objects.create(name="shared")
     for name in studies:
         Study.objects.create(name=name, lab=lab)
+    for name in ("red", "green", "blue"):
+        Tag.objects.create(name=name)
     results = run_workers(database_url(connection.settings_dict), roles, **options)
     failures = [output for code, output in results if code != 0]
     assert failures == [], f"{len(failures)} writer(s) failed; the first:\n{failures[0][-3000:]}"
