@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from django.db import DatabaseError, connections, models, transaction
@@ -23,7 +24,7 @@ from django.db import DatabaseError, connections, models, transaction
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
-from .writes import lock_rows, recompute, resolve
+from .writes import chunks, lock_rows, recompute, resolve
 
 logger = logging.getLogger("maintained_fields")
 
@@ -69,15 +70,17 @@ def process(
     with transaction.atomic(using=db, savepoint=False):
         if own_transaction:
             _read_committed(db)
-        # Resolve and lock what is known now, model by model in one order for
-        # every writer: a model's rows locked group by group would let two
-        # writers each hold a row the other wants next.
-        known = [_targets(specs, pending, labels, db, batch_size) for _, specs in graph.order]
+        # Lock every row the work may reach before recomputing any, model by
+        # model in one order for every writer: rows locked as they are found
+        # would let two writers each hold a row the other wants next.
+        resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+        known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
         if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-            _lock_targets(graph, known, db, batch_size or get_config()["BATCH_SIZE"])
+            reach = _reach(graph, known, labels, db, batch_size, resolved)
+            _lock_targets(graph, reach, db, batch_size or get_config()["BATCH_SIZE"])
         for (model, specs), targets in zip(graph.order, known):
             if pending:
-                for pk, found in _targets(specs, pending, labels, db, batch_size).items():
+                for pk, found in _targets(specs, pending, labels, db, batch_size, resolved).items():
                     targets.setdefault(pk, set()).update(found)
             if not targets:
                 continue
@@ -105,6 +108,17 @@ def process(
         )
 
 
+def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None:
+    """Lock now every row that processing ``records`` may recompute, in the
+    order process() locks them (see :func:`_reach`)."""
+    graph = get_graph()
+    pending: Records = {}
+    merge(pending, records)
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+    known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
+    _lock_targets(graph, _reach(graph, known, labels, db, None, resolved), db, get_config()["BATCH_SIZE"])
+
+
 def _read_committed(db: str) -> None:
     connection = connections[db]
     if connection.vendor in ("postgresql", "mysql"):
@@ -113,9 +127,17 @@ def _read_committed(db: str) -> None:
 
 
 def _targets(
-    specs: tuple[Spec, ...], pending: Records, labels: frozenset[str] | None, db: str, size: int | None
+    specs: tuple[Spec, ...],
+    pending: Records,
+    labels: frozenset[str] | None,
+    db: str,
+    size: int | None,
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
 ) -> dict[Any, set[Spec]]:
-    """Take the pending records of ``specs`` out of ``pending``, as {pk: specs to recompute}."""
+    """Take the pending records of ``specs`` out of ``pending``, as {pk: specs to recompute}.
+
+    ``resolved`` keeps what each record resolved to, for the next time.
+    """
     targets: dict[Any, set[Spec]] = {}
     for spec in specs:
         if labels is not None and spec.label not in labels:
@@ -124,12 +146,55 @@ def _targets(
             for index in dep.record_indexes:
                 pks = pending.pop((dep, index), None)
                 if pks:
-                    for pk in resolve(dep, index, pks, db, size):
+                    key = (dep, index, frozenset(pks))
+                    if key not in resolved:
+                        resolved[key] = resolve(dep, index, pks, db, size)
+                    for pk in resolved[key]:
                         targets.setdefault(pk, set()).add(spec)
     return targets
 
 
-def _lock_targets(graph: Graph, known: list[dict[Any, set[Spec]]], db: str, size: int) -> None:
+def _reach(
+    graph: Graph,
+    known: list[dict[Any, set[Spec]]],
+    labels: frozenset[str] | None,
+    db: str,
+    size: int | None,
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
+) -> list[set[Any]]:
+    """Per group of ``graph.order``, the rows the work may recompute: the rows
+    known, and the rows downstream of them, as if every value in reach changed."""
+    reach = [set(targets) for targets in known]
+    downstream: Records = {}
+    for (model, specs), rows in zip(graph.order, reach):
+        if downstream:
+            rows.update(_targets(specs, downstream, labels, db, size, resolved))
+        if not rows:
+            continue
+        node = graph.nodes[model]
+        written = frozenset(spec.field.attname for spec in specs)
+        links = [
+            hop.up_link
+            for _, hop in node.edges
+            if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & written)
+        ]
+        for row in _with_links(model, db, rows, links, size):
+            merge(downstream, records_for(node, row, labels=labels, changed=written))
+    return reach
+
+
+def _with_links(model: type[models.Model], db: str, pks: set[Any], links: list[str], size: int | None) -> list[Any]:
+    """The rows ``pks`` with the values of the foreign keys ``links``."""
+    if not links:
+        return [SimpleNamespace(pk=pk) for pk in pks]
+    found = []
+    for batch in chunks(pks, size or get_config()["BATCH_SIZE"]):
+        rows = models.QuerySet(model, using=db).filter(pk__in=batch).values("pk", *links)
+        found += [SimpleNamespace(**row) for row in rows]
+    return found
+
+
+def _lock_targets(graph: Graph, known: list[Any], db: str, size: int) -> None:
     by_model: dict[type[models.Model], set[Any]] = {}
     for (model, _), targets in zip(graph.order, known):
         if targets:

@@ -20,7 +20,7 @@ from django.db.models import signals
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
-from .propagation import Records, dispatch, merge, recompute_records, records_for
+from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for
 from .writes import chunks, lock_rows, normalize, resolve
 from .writes import lock as lock_rows_of
 
@@ -151,9 +151,11 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
     On MySQL and MariaDB inserting or moving a child takes a shared lock on
     its parent, which conflicts with the exclusive lock taken to recompute
     the parent: two writers holding the first would wait for each other's
-    second.  Taking the exclusive locks first, children before parents as
-    process() takes them, makes them queue instead.  PostgreSQL's FOR NO KEY
-    UPDATE does not conflict with the child's key-share lock: nothing to do.
+    second.  Taking the exclusive locks first makes them queue instead.  The
+    parents come before what process() locks after them (their parents, the
+    rows they reach), children before parents, so the order holds.
+    PostgreSQL's FOR NO KEY UPDATE does not conflict with the child's
+    key-share lock: nothing to do there.
     """
     if not _locks_parents_first(using):
         return
@@ -370,15 +372,14 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
     edges = get_graph().m2m.get(sender._meta.concrete_model, ())
     if action == "pre_add":
         # Inserting links takes shared locks on both ends on MySQL and MariaDB:
-        # take the exclusive ones of the recompute first, as lock_before_write.
+        # take the exclusive ones of the recompute first, as lock_before_write,
+        # and all the rows the recompute reaches with them, in process()'s
+        # order: the ends are of two models, with others in between.
         if pk_set and _locks_parents_first(using):
-            ends: dict[type[models.Model], set[Any]] = {}
+            records: Records = {}
             for dep, hop in edges:
-                if hop.index == 1:
-                    ends.setdefault(dep.spec.model, set()).update(_m2m_rows(hop, instance, reverse, pk_set))
-            order = get_graph().model_order
-            for end in sorted(ends, key=order.__getitem__):
-                lock_rows(end, using, ends[end], get_config()["BATCH_SIZE"])
+                records.setdefault((dep, hop.index - 1), set()).update(_m2m_rows(hop, instance, reverse, pk_set))
+            lock_reach(using, scope.labels, records)
         return
     if action == "pre_clear":
         field = edges[0][1].m2m_field
