@@ -110,3 +110,86 @@ def test_short_transactions_with_a_scope_inside(mode):
         thread.join(120)
     assert errors == []
     assert_no_drift()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL chooses the deadlock's victim by timeout")
+def test_a_flush_of_the_package_s_own_is_retried_after_a_deadlock(caplog):
+    # Another transaction locks the lab, then asks for the study that the flush
+    # holds while it waits for that lab: a real deadlock, whose victim is the
+    # flush (the other side waits 10 s before it checks for deadlocks).
+    import threading
+    import time
+
+    from django.db import connections, transaction
+
+    from maintained_fields import override_autoupdate
+
+    lab = Lab.objects.create(name="shared")
+    study = Study.objects.create(name="a", lab=lab)
+    holding, done = threading.Event(), threading.Event()
+
+    def other():
+        try:
+            with transaction.atomic():
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SET LOCAL deadlock_timeout = '10s'")
+                list(Lab.objects.select_for_update().filter(pk=lab.pk))
+                holding.set()
+                time.sleep(0.5)  # the flush holds the study and waits for the lab by now
+                list(Study.objects.select_for_update().filter(pk=study.pk))
+        finally:
+            connections.close_all()
+            done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    holding.wait(5)
+    with caplog.at_level("WARNING", logger="maintained_fields"):
+        with override_autoupdate(mode="deferred"):
+            Sample.objects.create(study=study, name="x")
+    done.wait(15)
+    thread.join(5)
+    retries = [record.getMessage() for record in caplog.records if "retry" in record.getMessage()]
+    assert len(retries) == 1 and "deadlock detected" in retries[0] and "retry 1 of 4" in retries[0]
+    assert_no_drift()
+
+
+def test_an_error_in_the_user_s_own_transaction_is_not_retried(caplog):
+    # An immediate save runs in the user's transaction: a deadlock there is the user's to handle.
+    import threading
+    import time
+
+    from django.db import OperationalError, connections, transaction
+
+    lab = Lab.objects.create(name="shared")
+    study = Study.objects.create(name="a", lab=lab)
+    holding = threading.Event()
+    errors = []
+
+    def other():
+        try:
+            with transaction.atomic():
+                if connection.vendor == "postgresql":
+                    with connections["default"].cursor() as cursor:
+                        cursor.execute("SET LOCAL deadlock_timeout = '10s'")
+                list(Lab.objects.select_for_update().filter(pk=lab.pk))
+                holding.set()
+                time.sleep(0.5)
+                list(Study.objects.select_for_update().filter(pk=study.pk))
+        except OperationalError as error:
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    holding.wait(5)
+    raised = []
+    with caplog.at_level("WARNING", logger="maintained_fields"):
+        try:
+            Sample.objects.create(study=study, name="x")
+        except OperationalError as error:
+            raised.append(error)
+    thread.join(15)
+    assert len(raised) + len(errors) == 1  # one side of the deadlock lost, and said so
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
