@@ -4,12 +4,17 @@ immediate mode and half in deferred blocks, plus one writing in bulk.  No
 writer may fail, and every maintained value must end right."""
 
 import os
+import random
+import threading
+import time
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection, connections, transaction
 from django.db.models import Sum
 
+from maintained_fields import override_autoupdate
 from tests.concurrency import database_url, run_workers, summary
 from tests.testapp.models import Lab, Sample, Study, Tag
 
@@ -76,13 +81,6 @@ def test_stricter_isolation_levels(isolation):
 @pytest.mark.parametrize("mode", ["immediate", "deferred"])
 def test_short_transactions_with_a_scope_inside(mode):
     # ATOMIC_REQUESTS-style: each request's transaction holds one write and its scope.
-    import random
-    import threading
-
-    from django.db import connections, transaction
-
-    from maintained_fields import override_autoupdate
-
     lab = Lab.objects.create(name="shared")
     studies = [Study.objects.create(name=name, lab=lab).pk for name in "abc"]
     errors = []
@@ -112,61 +110,18 @@ def test_short_transactions_with_a_scope_inside(mode):
     assert_no_drift()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL chooses the deadlock's victim by timeout")
-def test_a_flush_of_the_package_s_own_is_retried_after_a_deadlock(caplog):
-    # Another transaction locks the lab, then asks for the study that the flush
-    # holds while it waits for that lab: a real deadlock, whose victim is the
-    # flush (the other side waits 10 s before it checks for deadlocks).
-    import threading
-    import time
-
-    from django.db import connections, transaction
-
-    from maintained_fields import override_autoupdate
-
-    lab = Lab.objects.create(name="shared")
-    study = Study.objects.create(name="a", lab=lab)
-    holding, done = threading.Event(), threading.Event()
-
-    def other():
-        try:
-            with transaction.atomic():
-                with connections["default"].cursor() as cursor:
-                    cursor.execute("SET LOCAL deadlock_timeout = '10s'")
-                list(Lab.objects.select_for_update().filter(pk=lab.pk))
-                holding.set()
-                time.sleep(0.5)  # the flush holds the study and waits for the lab by now
-                list(Study.objects.select_for_update().filter(pk=study.pk))
-        finally:
-            connections.close_all()
-            done.set()
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    holding.wait(5)
-    with caplog.at_level("WARNING", logger="maintained_fields"):
-        with override_autoupdate(mode="deferred"):
-            Sample.objects.create(study=study, name="x")
-    done.wait(15)
-    thread.join(5)
-    retries = [record.getMessage() for record in caplog.records if "retry" in record.getMessage()]
-    assert len(retries) == 1 and "deadlock detected" in retries[0] and "retry 1 of 4" in retries[0]
-    assert_no_drift()
-
-
-def test_an_error_in_the_user_s_own_transaction_is_not_retried(caplog):
-    # An immediate save runs in the user's transaction: a deadlock there is the user's to handle.
-    import threading
-    import time
-
-    from django.db import OperationalError, connections, transaction
-
+@contextmanager
+def a_deadlock_partner():
+    """A transaction in another thread that locks the lab, waits half a second
+    and asks for the study: whoever holds the study and waits for the lab by
+    then is in a deadlock with it.  On PostgreSQL the partner checks for
+    deadlocks only after 10 s, so the other side is the victim.  Yields the
+    study; the partner's own errors are in ``partner_errors``."""
     lab = Lab.objects.create(name="shared")
     study = Study.objects.create(name="a", lab=lab)
     holding = threading.Event()
-    errors = []
 
-    def other():
+    def partner():
         try:
             with transaction.atomic():
                 if connection.vendor == "postgresql":
@@ -177,19 +132,41 @@ def test_an_error_in_the_user_s_own_transaction_is_not_retried(caplog):
                 time.sleep(0.5)
                 list(Study.objects.select_for_update().filter(pk=study.pk))
         except OperationalError as error:
-            errors.append(error)
+            partner_errors.append(error)
         finally:
             connections.close_all()
 
-    thread = threading.Thread(target=other)
+    partner_errors.clear()
+    thread = threading.Thread(target=partner)
     thread.start()
     holding.wait(5)
+    try:
+        yield study
+    finally:
+        thread.join(15)
+
+
+partner_errors: list[Exception] = []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL lets the test choose the deadlock's victim")
+def test_a_flush_of_the_package_s_own_is_retried_after_a_deadlock(caplog):
+    with a_deadlock_partner() as study, caplog.at_level("WARNING", logger="maintained_fields"):
+        with override_autoupdate(mode="deferred"):  # flushed outside any transaction of the test's
+            Sample.objects.create(study=study, name="x")
+    retries = [record.getMessage() for record in caplog.records if "retry" in record.getMessage()]
+    assert len(retries) == 1 and "deadlock detected" in retries[0] and "retry 1 of 4" in retries[0]
+    assert partner_errors == []
+    assert_no_drift()
+
+
+def test_an_error_in_the_user_s_own_transaction_is_not_retried(caplog):
+    # An immediate save runs in the user's transaction: a deadlock there is the user's to handle.
     raised = []
-    with caplog.at_level("WARNING", logger="maintained_fields"):
+    with a_deadlock_partner() as study, caplog.at_level("WARNING", logger="maintained_fields"):
         try:
             Sample.objects.create(study=study, name="x")
         except OperationalError as error:
             raised.append(error)
-    thread.join(15)
-    assert len(raised) + len(errors) == 1  # one side of the deadlock lost, and said so
-    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(raised) + len(partner_errors) == 1  # one side of the deadlock lost, and said so
+    assert not [record for record in caplog.records if "retry" in record.getMessage()]
