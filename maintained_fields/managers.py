@@ -20,7 +20,7 @@ from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
 from .propagation import Records, dispatch, merge, recompute_records, records_for
 from .tracking import changed_attnames, compute_own_row, lock_before_write, own_row_specs
-from .writes import chunks
+from .writes import chunks, locking
 from .writes import lock as _lock
 
 
@@ -51,7 +51,7 @@ class MaintainedQuerySet(models.QuerySet):
                 reading = self._chain()
                 reading.query.select_for_update = False
             columns = ("pk", *((node.tracked & written) | node.up_links))
-            if _locking(self.db) and not reading.query.select_for_update:
+            if locking(self.db) and not reading.query.select_for_update:
                 # The rows first, in key order (the UPDATE would lock them in
                 # scan order), with the values they hold under the lock.
                 reading = _lock(models.QuerySet(self.model, using=self.db).filter(pk__in=reading.values("pk")))
@@ -199,12 +199,6 @@ def _atomic(scope: modes.Scope, db: str, moving: bool = False) -> Any:
     return nullcontext()
 
 
-def _locking(db: str) -> bool:
-    """Whether rows are locked before they are written, here and now."""
-    connection = transaction.get_connection(db)
-    return get_config()["LOCK_ROWS"] and connection.features.has_select_for_update and connection.in_atomic_block
-
-
 def _plain(node: ModelNode, values: dict[str, Any]) -> dict[str, Any]:
     """The foreign keys among an update()'s ``values`` whose new value is known
     before the write (not an expression)."""
@@ -241,10 +235,10 @@ def _rows(
     With ``lock``, where rows are locked before a write, they are locked too.
     """
     rows = {}
-    locking = lock and _locking(db)
-    for batch in chunks(sorted(pks) if locking else pks, get_config()["BATCH_SIZE"]):
+    locked = lock and locking(db)
+    for batch in chunks(sorted(pks) if locked else pks, get_config()["BATCH_SIZE"]):
         found = models.QuerySet(model, using=db).filter(pk__in=batch)
-        if locking:
+        if locked:
             found = _lock(found.order_by("pk"))
         for row in found.values("pk", *attnames):
             rows[row["pk"]] = row

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -178,13 +179,16 @@ def _reach(
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & written)
         ]
-        for row in _with_links(model, db, rows, links, size):
+        for row in rows_with_links(model, db, rows, links, size):
             merge(downstream, records_for(node, row, labels=labels, changed=written))
     return reach
 
 
-def _with_links(model: type[models.Model], db: str, pks: set[Any], links: list[str], size: int | None) -> list[Any]:
-    """The rows ``pks`` with the values of the foreign keys ``links``."""
+def rows_with_links(
+    model: type[models.Model], db: str, pks: set[Any], links: Iterable[str], size: int | None = None
+) -> list[Any]:
+    """The rows ``pks`` with the values of the foreign keys ``links``: the rows
+    that exist, read in batches; with no links, every pk, nothing read."""
     if not links:
         return [SimpleNamespace(pk=pk) for pk in pks]
     found = []
@@ -251,10 +255,7 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
     for (db, labels), records in buffer.take().items():
         if exc is None and first_error is None:
             try:
-                if connections[db].in_atomic_block:
-                    process(db, labels, records, level=logging.INFO)
-                else:
-                    process_retrying(db, labels, records)
+                process_retrying(db, labels, records)
             except BaseException as error:
                 first_error = error
         elif exc is not None and connections[db].in_atomic_block:
@@ -273,12 +274,16 @@ RETRIES = 5
 
 
 def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -> None:
-    """process() in a transaction of the package's own, outside any of the user's.
+    """process() a flush; in a transaction of the package's own when outside
+    any of the user's.
 
-    The work is idempotent (it recomputes from the rows as they are), so a
-    deadlock or serialization failure is retried, up to RETRIES attempts in
+    There the work is idempotent (it recomputes from the rows as they are), so
+    a deadlock or serialization failure is retried, up to RETRIES attempts in
     all, after a jittered, growing pause; each retry is logged at WARNING.
+    Inside the user's transaction nothing is retried.
     """
+    if connections[db].in_atomic_block:
+        return process(db, labels, records, level=logging.INFO)
     for attempt in range(1, RETRIES + 1):
         try:
             return process(db, labels, records, level=logging.INFO, own_transaction=True)
@@ -316,10 +321,7 @@ def _transient(error: DatabaseError) -> bool:
 
 def _process_logged(db: str, labels: frozenset[str] | None, records: Records) -> None:
     try:
-        if connections[db].in_atomic_block:
-            process(db, labels, records, level=logging.INFO)
-        else:
-            process_retrying(db, labels, records)
+        process_retrying(db, labels, records)
     except Exception:
         logger.exception(
             "Deferred maintained-field updates on database %r failed; run "

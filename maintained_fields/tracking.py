@@ -20,9 +20,9 @@ from django.db.models import signals
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
-from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for
-from .writes import chunks, lock_rows, normalize, resolve
+from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for, rows_with_links
 from .writes import lock as lock_rows_of
+from .writes import lock_rows, locking, normalize, resolve
 
 _OLD = "_maintained_fields_old"
 _CLEARED = "_maintained_fields_cleared"
@@ -127,7 +127,7 @@ def _read_before(
     if not columns:
         return None
     rows = models.QuerySet(node.model, using=using).filter(pk=instance.pk)
-    if lock and get_config()["LOCK_ROWS"] and connections[using].in_atomic_block:
+    if lock and locking(using):
         rows = lock_rows_of(rows)
     row = rows.values(*columns).first()
     if row is None:
@@ -175,14 +175,7 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
 def _locks_parents_first(using: str) -> bool:
     """Whether a write here must lock the rows it leads to recompute before it
     writes: on MySQL and MariaDB, inside a transaction, with LOCK_ROWS."""
-    connection = connections[using]
-    features = connection.features
-    return (
-        features.has_select_for_update
-        and not features.has_select_for_no_key_update
-        and get_config()["LOCK_ROWS"]
-        and connection.in_atomic_block
-    )
+    return locking(using) and not connections[using].features.has_select_for_no_key_update
 
 
 def changed_attnames(
@@ -354,7 +347,7 @@ def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
         for model, pks in pending.moved.items():
             # Where the children went is known now that Django has moved them.
             node = get_graph().nodes[model]
-            for row in _rows_with_links(node, using, pks):
+            for row in rows_with_links(model, using, pks, node.up_links):
                 merge(pending.records, records_for(node, row, labels=pending.scope.labels, created=True))
         dispatch(pending.scope, using, pending.records)
 
@@ -429,14 +422,6 @@ def _add_mirror_links(through: type[models.Model], field: models.ManyToManyField
     )
     missing = [through(**{source_attname: other, target_attname: pk}) for other in others - present]
     models.QuerySet(through, using=using).bulk_create(missing)
-
-
-def _rows_with_links(node: ModelNode, using: str, pks: set[Any]) -> list[SimpleNamespace]:
-    found = []
-    for batch in chunks(pks, get_config()["BATCH_SIZE"]):
-        rows = models.QuerySet(node.model, using=using).filter(pk__in=batch).values("pk", *node.up_links)
-        found += [SimpleNamespace(**row) for row in rows]
-    return found
 
 
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:

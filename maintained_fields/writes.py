@@ -132,6 +132,13 @@ def lock_rows(model: type[models.Model], db: str, pks: Iterable[Any], size: int,
         list(lock(rows).values_list("pk"))
 
 
+def locking(db: str) -> bool:
+    """Whether rows are locked before they are written, here and now: with
+    LOCK_ROWS, on a database that can, inside a transaction."""
+    connection = connections[db]
+    return get_config()["LOCK_ROWS"] and connection.features.has_select_for_update and connection.in_atomic_block
+
+
 def lock(rows: models.QuerySet) -> models.QuerySet:
     """``rows`` locked for the rest of the transaction, as the database can.
 
