@@ -76,15 +76,18 @@ def process(
         # would let two writers each hold a row the other wants next.
         resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
         known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
+        size = batch_size or get_config()["BATCH_SIZE"]
+        locked: dict[type[models.Model], set[Any]] | None = None
         if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-            reach = _reach(graph, known, labels, db, batch_size, resolved)
-            _lock_targets(graph, reach, db, batch_size or get_config()["BATCH_SIZE"])
+            locked = _lock_targets(graph, _reach(graph, known, labels, db, batch_size, resolved), db, size)
         for (model, specs), targets in zip(graph.order, known):
             if pending:
                 for pk, found in _targets(specs, pending, labels, db, batch_size, resolved).items():
                     targets.setdefault(pk, set()).update(found)
             if not targets:
                 continue
+            if locked is not None:
+                _lock_late(model, targets, locked, db, size, own_transaction)
             node = graph.nodes[model]
             changed = recompute(model, targets, db, batch_size)
             for instance, old in changed:
@@ -198,13 +201,38 @@ def rows_with_links(
     return found
 
 
-def _lock_targets(graph: Graph, known: list[Any], db: str, size: int) -> None:
+def _lock_targets(graph: Graph, known: list[Any], db: str, size: int) -> dict[type[models.Model], set[Any]]:
+    """Lock the rows ``known`` per group of ``graph.order``, model by model
+    in ``graph.model_order``; return them by model."""
     by_model: dict[type[models.Model], set[Any]] = {}
     for (model, _), targets in zip(graph.order, known):
         if targets:
             by_model.setdefault(model, set()).update(targets)
     for model in sorted(by_model, key=graph.model_order.__getitem__):
         lock_rows(model, db, by_model[model], size)
+    return by_model
+
+
+def _lock_late(
+    model: type[models.Model],
+    targets: dict[Any, set[Spec]],
+    locked: dict[type[models.Model], set[Any]],
+    db: str,
+    size: int,
+    own_transaction: bool,
+) -> None:
+    """Lock the ``targets`` that the locks taken up front missed.
+
+    They are rows that another writer linked to the work after its reach was
+    read (under READ COMMITTED a committed link shows at once), and are
+    locked out of order: the package's own flush does not wait for them, it
+    fails at once and is retried, when its reach will hold them.
+    """
+    mine = locked.setdefault(model, set())
+    late = targets.keys() - mine
+    if late:
+        lock_rows(model, db, late, size, nowait=own_transaction)
+        mine |= late
 
 
 def recompute_records(specs: Any, pks: Any) -> Records:
@@ -303,8 +331,11 @@ def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -
 
 
 # SQLSTATE classes of PostgreSQL, error numbers of MySQL and MariaDB.
-_POSTGRESQL_TRANSIENT = {"40001", "40P01"}  # serialization failure, deadlock detected
-_MYSQL_TRANSIENT = {1213, 1205, 1020}  # deadlock, lock wait timeout, record changed (snapshot isolation)
+# serialization failure, deadlock detected, lock not available (NOWAIT)
+_POSTGRESQL_TRANSIENT = {"40001", "40P01", "55P03"}
+# deadlock, lock wait timeout (and MariaDB's NOWAIT), record changed (snapshot
+# isolation), MySQL's NOWAIT
+_MYSQL_TRANSIENT = {1213, 1205, 1020, 3572}
 
 
 def _transient(error: DatabaseError) -> bool:

@@ -124,12 +124,15 @@ def recompute(
     return changed
 
 
-def lock_rows(model: type[models.Model], db: str, pks: Iterable[Any], size: int, field: str = "pk") -> None:
+def lock_rows(
+    model: type[models.Model], db: str, pks: Iterable[Any], size: int, field: str = "pk", nowait: bool = False
+) -> None:
     """Lock the rows of ``model`` whose ``field`` is in ``pks`` now, in
-    primary-key order, ``size`` at a time."""
+    primary-key order, ``size`` at a time.  With ``nowait``, a row locked by
+    another transaction raises DatabaseError at once."""
     for batch in chunks(sorted(pks), size):
         rows = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
-        list(lock(rows).values_list("pk"))
+        list(lock(rows, nowait).values_list("pk"))
 
 
 def locking(db: str) -> bool:
@@ -139,14 +142,15 @@ def locking(db: str) -> bool:
     return get_config()["LOCK_ROWS"] and connection.features.has_select_for_update and connection.in_atomic_block
 
 
-def lock(rows: models.QuerySet) -> models.QuerySet:
+def lock(rows: models.QuerySet, nowait: bool = False) -> models.QuerySet:
     """``rows`` locked for the rest of the transaction, as the database can.
 
     PostgreSQL takes ``FOR NO KEY UPDATE``, which does not conflict with the
     key-share locks that inserting a child row takes on its parent.
     """
     features = connections[rows.db].features
-    return rows.select_for_update(no_key=features.has_select_for_no_key_update)
+    nowait = nowait and features.has_select_for_update_nowait
+    return rows.select_for_update(no_key=features.has_select_for_no_key_update, nowait=nowait)
 
 
 def update_rows(

@@ -3,6 +3,7 @@ changes of weight on the samples of three shared studies, half the writers in
 immediate mode and half in deferred blocks, plus one writing in bulk.  No
 writer may fail, and every maintained value must end right."""
 
+import logging
 import os
 import random
 import threading
@@ -14,7 +15,7 @@ import pytest
 from django.db import OperationalError, connection, connections, transaction
 from django.db.models import Sum
 
-from maintained_fields import override_autoupdate
+from maintained_fields import mark_changed, override_autoupdate
 from tests.concurrency import database_url, run_workers, summary
 from tests.testapp.models import Lab, Sample, Study, Tag
 
@@ -170,3 +171,63 @@ def test_an_error_in_the_user_s_own_transaction_is_not_retried(caplog):
             raised.append(error)
     assert len(raised) + len(partner_errors) == 1  # one side of the deadlock lost, and said so
     assert not [record for record in caplog.records if "retry" in record.getMessage()]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="on MariaDB a link takes a shared lock on the study, which the flush holds: it cannot appear meanwhile",
+)
+def test_a_flush_does_not_wait_for_a_row_it_finds_late(monkeypatch):
+    # A flush reads the rows it will recompute, then locks them in the one
+    # order.  A tag linked to its study in between (committed, so visible under
+    # READ COMMITTED) is found only after the study's lock, out of order.  A
+    # flush that waited for it could close a cycle with a writer that holds
+    # the tag and waits, in order, for the study; instead it gives up its
+    # locks at once and is retried.  (The flush reads the tags of the studies
+    # whose values changed anew; an unchanged study among its rows makes that
+    # set differ from the one its reach was read for.)
+    lab = Lab.objects.create(name="shared")
+    study = Study.objects.create(name="a", lab=lab)
+    unchanged = Study.objects.create(name="b", lab=lab)
+    tag = Tag.objects.create(name="red")
+    holding, retried = threading.Event(), threading.Event()
+
+    def holder():
+        try:
+            with override_autoupdate(mode="disabled"):
+                study.tags.add(tag)  # committed, and left for the flush to count
+            with transaction.atomic():
+                list(Tag.objects.select_for_update().filter(pk=tag.pk))
+                holding.set()
+                retried.wait(5)
+        finally:
+            connections.close_all()
+
+    class Retries(logging.Handler):
+        def emit(self, record):
+            if "retry 1 of" in record.getMessage():
+                retried.set()
+
+    compute = Study.compute_total_weight
+    thread = threading.Thread(target=holder)
+
+    def compute_and_let_the_holder_in(self):
+        if not holding.is_set():
+            thread.start()
+            holding.wait(5)
+        return compute(self)
+
+    monkeypatch.setattr(Study, "compute_total_weight", compute_and_let_the_holder_in)
+    handler = Retries(logging.WARNING)
+    logging.getLogger("maintained_fields").addHandler(handler)
+    try:
+        with override_autoupdate(mode="deferred"):  # flushed in a transaction of the package's own
+            Sample.objects.create(study=study, name="x", weight=1)
+            mark_changed([unchanged])
+    finally:
+        logging.getLogger("maintained_fields").removeHandler(handler)
+        thread.join(15)
+    assert retried.is_set()  # not a wait of 5 s for the holder
+    study.refresh_from_db()
+    tag.refresh_from_db()
+    assert (study.sample_count, tag.study_count) == (1, 1)
