@@ -171,7 +171,7 @@ def work(role, seed, operations, start_at):
     print(f"done {done} {time.perf_counter() - started:.3f} {len(retries)}", flush=True)
 
 
-def _retried(write, rng, attempts=20):
+def _retried(write, rng, attempts=100):
     from django.db import OperationalError, transaction
 
     def run():
@@ -182,7 +182,9 @@ def _retried(write, rng, attempts=20):
             except OperationalError as error:
                 if getattr(error.__cause__, "sqlstate", None) not in ("40001", "40P01") or attempt == attempts - 1:
                     raise
-                time.sleep(rng.uniform(0.01, 0.03) * (attempt + 1))
+                # Exponential backoff with full jitter: writers that collided
+                # spread out instead of colliding again.
+                time.sleep(rng.uniform(0, min(0.2, 0.01 * 2**attempt)))
 
     return run
 
