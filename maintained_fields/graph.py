@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from django.apps import apps
@@ -81,6 +82,17 @@ class Spec:
     own_row: bool = False
     # The attnames an own-row spec reads; empty: recomputed on every save.
     own_triggers: frozenset[str] = frozenset()
+
+    @cached_property
+    def forward_paths(self) -> tuple[str, ...]:
+        """The lookups of the rows this spec reads through foreign keys alone
+        (``study``, ``study__lab``), which can be read for a batch of rows at once."""
+        paths = set()
+        for dep in self.deps:
+            forward = [hop.lookup for hop in dep.hops[1:] if hop.kind == FORWARD]
+            if forward and len(forward) == len(dep.hops) - 1:
+                paths.add(forward[-1])
+        return tuple(sorted(paths))
 
     def compute(self, instance: models.Model) -> Any:
         # A migration's historical instance has no methods: lend it the model's.

@@ -160,11 +160,19 @@ def update_rows(
     specs_of: Callable[[models.Model], Iterable[Spec]],
     size: int,
 ) -> list[tuple[models.Model, dict[str, Any]]]:
-    """Recompute ``specs_of(row)`` on each of ``rows``, then write the changed values."""
+    """Recompute ``specs_of(row)`` on each of ``rows``, then write the changed values.
+
+    The rows the specs read through foreign keys alone are read first, in
+    one query per relation, not one per row.
+    """
     changed = []
     groups: dict[frozenset[str], list[models.Model]] = {}
-    for row in rows:
-        differences = compute(row, specs_of(row))
+    work = [(row, specs_of(row)) for row in rows]
+    paths = {path for _, specs in work for spec in specs for path in spec.forward_paths}
+    if paths:
+        models.prefetch_related_objects([row for row, _ in work], *sorted(paths))
+    for row, specs in work:
+        differences = compute(row, specs)
         if not differences:
             continue
         for attname, (_, value) in differences.items():

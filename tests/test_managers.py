@@ -267,3 +267,29 @@ def test_mark_changed_takes_instances_of_several_models(mode, study):
     assert (Shelf.objects.get().box_count, Study.objects.get().sample_count) == (1, 1)
     with pytest.raises(TypeError, match="QuerySet or model instances, not 3"):
         mark_changed([shelf, 3])
+
+
+@pytest.mark.parametrize("write", ["bulk_create", "update", "flush"])
+def test_names_read_through_foreign_keys_cost_no_query_per_row(write, lab):
+    # Sample.study_name and lab_name come from study__name and study__lab__name.
+    studies = [Study.objects.create(name=f"s{n}", lab=lab) for n in range(5)]
+
+    def queries(rows):
+        Sample.objects.all().delete()
+        samples = [Sample(study=studies[n % 5], name=f"x{n}") for n in range(rows)]
+        if write != "bulk_create":
+            with override_autoupdate(mode="disabled"):
+                Sample.objects.bulk_create([Sample(study_id=s.study_id, name=s.name) for s in samples])
+        with CaptureQueriesContext(connection) as captured, override_autoupdate(mode="deferred"):
+            if write == "bulk_create":
+                Sample.objects.bulk_create([Sample(study_id=s.study_id, name=s.name) for s in samples])
+            elif write == "update":
+                Sample.objects.update(study_id=studies[0].pk)
+            else:
+                mark_changed(Sample.objects.all())
+        assert {(s.study_name, s.lab_name) for s in Sample.objects.all()} <= {(s.name, lab.name) for s in studies}
+        assert all(s.study_name == s.study.name for s in Sample.objects.select_related("study"))
+        return len(captured)
+
+    assert queries(100) == queries(10)
+
