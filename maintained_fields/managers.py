@@ -19,7 +19,7 @@ from . import modes
 from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
 from .propagation import Records, dispatch, merge, recompute_records, records_for
-from .tracking import changed_attnames, compute_own_row, lock_before_write, own_row_specs
+from .tracking import changed_attnames, compute_own_row, delete_queryset, lock_before_write, own_row_specs
 from .writes import chunks, locking
 from .writes import lock as _lock
 
@@ -28,8 +28,8 @@ class MaintainedQuerySet(models.QuerySet):
     """A QuerySet whose ``update()``, ``bulk_create()`` and ``bulk_update()``
     keep maintained fields right, in the mode in force.
 
-    ``delete()``, ``get_or_create()`` and ``update_or_create()`` already go
-    through ``delete()`` and ``save()``.  Rows are read in bulk before and
+    ``delete()`` finds what depends on the rows it deletes before it deletes
+    them; ``get_or_create()`` and ``update_or_create()`` go through ``save()``.  Rows are read in bulk before and
     after a write where needed: never one query per row.
     """
 
@@ -38,6 +38,12 @@ class MaintainedQuerySet(models.QuerySet):
         if scope.mode == modes.DISABLED:
             return scope, None
         return scope, get_graph().node(self.model)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        return delete_queryset(self, super().delete)
+
+    delete.alters_data = True
+    delete.queryset_only = True
 
     def update(self, **kwargs: Any) -> int:
         scope, node = self._maintenance()

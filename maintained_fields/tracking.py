@@ -25,6 +25,7 @@ from .writes import lock as lock_rows_of
 from .writes import lock_rows, locking, normalize, resolve
 
 _OLD = "_maintained_fields_old"
+_RESOLVED = "_maintained_fields_resolved"
 _CLEARED = "_maintained_fields_cleared"
 _DELETING = "_maintained_fields_deleting"
 
@@ -307,11 +308,16 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
         # One delete() announces each row once: a row announced again is a
         # new attempt after one that failed before its post_delete.
         pending = holder.__dict__[_DELETING] = _PendingDelete(scope)
+        resolved = holder.__dict__.get(_RESOLVED)
+        if resolved is not None:
+            merge(pending.records, resolved[2])
     pending.seen.add(key)
     pending.waiting.add(key)
     fresh: dict[str, Any] | None = None
     if holder is instance and node.up_links:
         fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*node.up_links).first()
+    resolved = holder.__dict__.get(_RESOLVED)
+    done = resolved is not None and resolved[0] is node.model and instance.pk in resolved[1]
     records: Records = {}
     for dep, hop in node.edges:
         if hop.index == 0 or (scope.labels is not None and dep.spec.label not in scope.labels):
@@ -322,7 +328,7 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
             value = fresh[hop.up_link] if fresh else getattr(instance, hop.up_link)
             if value is not None:
                 records.setdefault((dep, hop.record_index), set()).add(value)
-        else:
+        elif not done:
             targets = resolve(dep, hop.index, {instance.pk}, using)
             if targets:
                 records.setdefault((dep, 0), set()).update(targets)
@@ -334,6 +340,34 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
         pending.moved.setdefault(foreign_key.model._meta.concrete_model, set()).update(
             children.values_list("pk", flat=True)
         )
+
+
+def delete_queryset(queryset: models.QuerySet, delete: Callable[[], Any]) -> Any:
+    """``MaintainedQuerySet.delete()``: the rows that depend on the deleted
+    ones through many-to-many or forward hops are found for all of them at
+    once, in one query per path and batch, not one per deleted row."""
+    scope = modes.current_scope()
+    node = get_graph().node(queryset.model)
+    if scope.mode == modes.DISABLED or node is None:
+        return delete()
+    edges = [
+        (dep, hop)
+        for dep, hop in node.edges
+        if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels)
+    ]
+    if not edges:
+        return delete()
+    pks = set(queryset.values_list("pk", flat=True))
+    records: Records = {}
+    for dep, hop in edges:
+        targets = resolve(dep, hop.index, pks, queryset.db)
+        if targets:
+            records.setdefault((dep, 0), set()).update(targets)
+    queryset.__dict__[_RESOLVED] = (node.model, pks, records)
+    try:
+        return delete()
+    finally:
+        del queryset.__dict__[_RESOLVED]
 
 
 def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:

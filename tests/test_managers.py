@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from maintained_fields import mark_changed, override_autoupdate
 from tests.conftest import fresh
-from tests.testapp.models import Aliquot, Lab, Membership, Project, Sample, Study
+from tests.testapp.models import Aliquot, Lab, Membership, Project, Sample, Study, Tag
 
 pytestmark = pytest.mark.django_db
 
@@ -293,3 +293,19 @@ def test_names_read_through_foreign_keys_cost_no_query_per_row(write, lab):
 
     assert queries(100) == queries(10)
 
+
+def test_a_queryset_delete_finds_what_depends_on_its_rows_in_bulk(mode, lab):
+    # Study.tag_names reads tags__name: deleting tags finds their studies first.
+    studies = [Study.objects.create(name=f"s{n}", lab=lab) for n in range(3)]
+
+    def delete(tags):
+        created = Tag.objects.bulk_create([Tag(name=f"t{n:03}") for n in range(tags)])
+        for study in studies:
+            study.tags.add(*created)
+        with CaptureQueriesContext(connection) as captured, override_autoupdate(mode=mode):
+            Tag.objects.filter(name__startswith="t").delete()
+        for study in studies:
+            expect(mode, fresh(study).tag_names, "", ",".join(tag.name for tag in created))
+        return len(captured)
+
+    assert delete(40) == delete(4)
