@@ -128,3 +128,22 @@ def test_database_option():
         run("check_maintained_fields", "--database", "other")
     run("rebuild_maintained_fields", "--database", "other", "--verbosity", "0")
     assert Study.objects.using("other").get().sample_count == 1
+
+
+@pytest.mark.parametrize("targets", [(), ("testapp.Sample",)])
+def test_a_rebuild_recomputes_each_row_once(targets, lab, monkeypatch):
+    # Samples come in batches of 5, each touching every study: the studies
+    # must still be recomputed once, after all their samples, not per batch.
+    with override_autoupdate(mode="disabled"):
+        studies = [Study.objects.create(name=f"s{n}", lab=lab) for n in range(4)]
+        Sample.objects.bulk_create([Sample(study=studies[n % 4], name=f"x{n}", weight=1) for n in range(40)])
+    computed = []
+    compute = Study.compute_sample_count
+    monkeypatch.setattr(Study, "compute_sample_count", lambda self: computed.append(self.pk) or compute(self))
+    run("rebuild_maintained_fields", *targets, "--batch-size", "5")
+    assert sorted(computed) == sorted(study.pk for study in studies)
+    for study in studies:
+        assert fresh(study).sample_count == Sample.objects.filter(study=study).count() == 10
+    lab.refresh_from_db()
+    assert lab.sample_total == 40
+    assert {sample.study_name for sample in Sample.objects.all()} == {study.name for study in studies}

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand
-from django.db import models
+from django.db import models, transaction
 from tqdm import tqdm
 
 from ...conf import get_config
-from ...graph import Spec
-from ...propagation import process, recompute_records
-from ...writes import batches
+from ...graph import Spec, get_graph
+from ...propagation import Records, merge, process, records_for
+from ...writes import batches, recompute
 from ._selection import add_selection_arguments, selected_groups
+
+logger = logging.getLogger("maintained_fields")
 
 
 class Command(BaseCommand):
@@ -36,10 +39,15 @@ class Command(BaseCommand):
         size = batch_size or get_config()["BATCH_SIZE"]
         label_filter = frozenset(labels) if labels else None
         rows = 0
+        groups = list(selected_groups(targets, labels))
+        selected = {spec for _, specs in groups for spec in specs}
+        # What the changes lead to outside the selection, recomputed once at
+        # the end; inside it, each row is recomputed once, in its own group.
+        downstream: Records = {}
         # tqdm redraws its line with carriage returns: no newline after each write.
         self.stderr.ending = ""
         try:
-            for model, specs in selected_groups(targets, labels):
+            for model, specs in groups:
                 pks = models.QuerySet(model, using=database).values_list("pk", flat=True)
                 with tqdm(
                     total=pks.count(),
@@ -48,17 +56,45 @@ class Command(BaseCommand):
                     file=self.stderr,
                     disable=True if verbosity == 0 else None,  # None: shown on a terminal only
                 ) as progress:
+                    started, changed, group_rows = time.perf_counter(), 0, 0
                     for batch in batches(pks, size):
-                        self._rebuild(database, label_filter, specs, batch, size)
+                        changed += self._rebuild(database, label_filter, specs, batch, size, selected, downstream)
                         progress.update(len(batch))
-                        rows += len(batch)
+                        group_rows += len(batch)
+                    rows += group_rows
+                    logger.info(
+                        "Rebuilt %s (%s) on %r: recomputed %d row(s), %d changed, in %.3fs.",
+                        model._meta.label,
+                        ", ".join(spec.field.name for spec in specs),
+                        database,
+                        group_rows,
+                        changed,
+                        time.perf_counter() - started,
+                    )
+            if downstream:
+                process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
         finally:
             self.stderr.ending = "\n"
         if verbosity:
             self.stdout.write(f"Recomputed maintained fields on {rows} row(s).")
 
     def _rebuild(
-        self, database: str, labels: frozenset[str] | None, specs: tuple[Spec, ...], pks: list[Any], size: int
-    ) -> None:
-        records = recompute_records(specs, pks)
-        process(database, labels, records, batch_size=size, level=logging.INFO)
+        self,
+        database: str,
+        labels: frozenset[str] | None,
+        specs: tuple[Spec, ...],
+        pks: list[Any],
+        size: int,
+        selected: set[Spec],
+        downstream: Records,
+    ) -> int:
+        """Recompute ``specs`` on the rows ``pks``; add what their changes lead
+        to outside ``selected`` to ``downstream``; return how many changed."""
+        model = specs[0].model
+        with transaction.atomic(using=database):
+            changed = recompute(model, {pk: set(specs) for pk in pks}, database, size)
+        node = get_graph().nodes[model]
+        for instance, old in changed:
+            records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
+            merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
+        return len(changed)
