@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; every other module is private.
 
 from typing import Any
 
-from .declarations import maintained_field
+from .declarations import maintained, maintained_field
 from .managers import MaintainedManager, MaintainedQuerySet
 from .modes import get_autoupdate_mode, override_autoupdate
 from .signals import maintained_values_written
@@ -19,6 +19,7 @@ __all__ = [
     "MaintainedQuerySet",
     "RecomputeMaintainedFields",
     "get_autoupdate_mode",
+    "maintained",
     "maintained_field",
     "maintained_values_written",
     "mark_changed",

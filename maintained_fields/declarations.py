@@ -1,7 +1,9 @@
-"""Declaring a maintained field: the ``@maintained_field`` decorator.
+"""Declaring a maintained field: the ``@maintained_field`` decorator, for a
+value a method computes, and ``maintained()``, for one a database expression
+computes.
 
-The decorator only records what the method maintains and what it reads.  The
-records are resolved against the models when the app registry is ready (see
+Both only record what is maintained and what it reads.  The records are
+resolved against the models when the app registry is ready (see
 :mod:`maintained_fields.graph`), where a mistake becomes a system check error.
 """
 
@@ -12,9 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models import F, Field, Q
+
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 ATTRIBUTE = "_maintained_field"
+EXPRESSION = "_maintained_expression"
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Declaration:
     field_name: str
     depends_on: tuple[str, ...]
     label: str | None
+    expression: Any = None  # maintained(): the expression; its paths are depends_on
 
 
 def maintained_field(
@@ -105,3 +112,92 @@ def declarations_of(model: type) -> dict[str, Declaration]:
             elif name in found:
                 del found[name]
     return found
+
+
+def maintained(field: Field, expression: Any, *, label: str | None = None) -> Field:
+    """Declare that the database computes ``field`` from ``expression``; return ``field``.
+
+    ``expression`` is a Django expression over the row and its relations:
+    an aggregate (``Count("samples")``, ``Sum("samples__weight",
+    filter=Q(...))``), a function of the row's own fields (``Upper("name")``)
+    or of rows it points at (``F("study__name")``), or any combination.  What
+    it depends on is read from the paths it names.  Each aggregate is computed
+    in a subquery of its own, so two aggregates over different relations never
+    multiply each other's rows.  ``label`` is as for ``@maintained_field``.
+    The field is returned unchanged, so its migrations are the plain field's::
+
+        sample_count = maintained(models.IntegerField(default=0), Count("samples"))
+    """
+    if not isinstance(field, Field):
+        raise TypeError(
+            f"maintained() takes a model field first, e.g. maintained(models.IntegerField(default=0), "
+            f"Count('samples')), not {field!r}."
+        )
+    if isinstance(expression, str) or not hasattr(expression, "resolve_expression"):
+        raise TypeError(
+            f"maintained() takes a Django expression second, such as Count('samples'), "
+            f"Sum('samples__weight') or Upper('name'), not {expression!r}; "
+            "write F('name') for a field of the row."
+        )
+    if label is not None and (not isinstance(label, str) or not label):
+        raise TypeError("maintained() label must be a non-empty string or None.")
+    setattr(field, EXPRESSION, Declaration("", (), label, expression))
+    return field
+
+
+def expressions_of(model: type) -> dict[str, Declaration]:
+    """The fields of ``model`` declared with maintained(), by field name,
+    each with the paths its expression reads as depends_on."""
+    found = {}
+    for field in model._meta.concrete_fields:
+        declaration = getattr(field, EXPRESSION, None)
+        if isinstance(declaration, Declaration):
+            paths = tuple(sorted({_path(model, name) for name in references(declaration.expression)}))
+            found[field.name] = Declaration(field.name, paths, declaration.label, declaration.expression)
+    return found
+
+
+def references(expression: Any) -> set[str]:
+    """The lookups an unresolved expression names: F() names, aggregate
+    sources, and the lookups of filter= and When() conditions."""
+    found: set[str] = set()
+    if expression is None:
+        return found
+    if isinstance(expression, F):
+        found.add(expression.name)
+    elif isinstance(expression, Q):
+        for child in expression.children:
+            if isinstance(child, Q):
+                found |= references(child)
+            else:
+                lookup, value = child
+                found.add(lookup)
+                if hasattr(value, "resolve_expression"):
+                    found |= references(value)
+    elif hasattr(expression, "get_source_expressions"):
+        for source in expression.get_source_expressions():
+            found |= references(source)
+    return found
+
+
+def _path(model: type, lookup: str) -> str:
+    """``lookup`` as a depends_on path: its relations and the field they end
+    in, without lookups or transforms (``samples__weight__gt`` is
+    ``samples__weight``); a path ending in a relation reads its keys
+    (``samples`` is ``samples__pk``).  A name that matches nothing is kept,
+    for the system check to report."""
+    names = lookup.split("__")
+    current = model
+    for position, name in enumerate(names):
+        if name == "pk":
+            return "__".join(names[: position + 1])
+        try:
+            found = current._meta.get_field(name)
+        except FieldDoesNotExist:
+            if position == 0:
+                return lookup
+            return "__".join([*names[:position], "pk"])
+        if not found.is_relation or found.related_model is None:
+            return "__".join(names[: position + 1])
+        current = found.related_model
+    return f"{lookup}__pk"

@@ -21,7 +21,7 @@ from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models import ForeignObjectRel
 
-from .declarations import ATTRIBUTE, declarations_of
+from .declarations import ATTRIBUTE, declarations_of, expressions_of
 
 OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
 
@@ -82,6 +82,8 @@ class Spec:
     own_row: bool = False
     # The attnames an own-row spec reads; empty: recomputed on every save.
     own_triggers: frozenset[str] = frozenset()
+    # maintained(): the expression the database computes the value with.
+    expression: Any = None
 
     @cached_property
     def forward_paths(self) -> tuple[str, ...]:
@@ -94,13 +96,43 @@ class Spec:
                 paths.add(forward[-1])
         return tuple(sorted(paths))
 
+    @property
+    def source(self) -> str:
+        """What computes the value, for messages."""
+        if self.expression is not None:
+            return f"the maintained() expression of {self}"
+        return f"{self.model.__name__}.{self.method_name}()"
+
+    def annotation(self) -> Any:
+        """The expression, each aggregate in it a subquery of its own over the
+        row (``OuterRef("pk")``), ready to annotate a query of this model."""
+        return _isolate(self.expression, self.model)
+
     def compute(self, instance: models.Model) -> Any:
+        if self.expression is not None:
+            rows = models.QuerySet(self.model, using=instance._state.db).filter(pk=instance.pk)
+            rows = rows.annotate(_maintained_value=self.annotation())
+            return rows.values_list("_maintained_value", flat=True).first()
         # A migration's historical instance has no methods: lend it the model's.
         method = getattr(type(instance), self.method_name, None) or getattr(self.model, self.method_name)
         return method(instance)
 
     def __str__(self) -> str:
         return f"{self.model._meta.label}.{self.field.name}"
+
+
+def _isolate(expression: Any, model: type[models.Model]) -> Any:
+    if isinstance(expression, models.Aggregate):
+        rows = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
+        return models.Subquery(rows.annotate(_maintained_value=expression).values("_maintained_value"))
+    if not hasattr(expression, "get_source_expressions"):
+        return expression
+    sources = expression.get_source_expressions()
+    if not sources:
+        return expression
+    copy = expression.copy()
+    copy.set_source_expressions([_isolate(source, model) for source in sources])
+    return copy
 
 
 @dataclass(eq=False)
@@ -304,6 +336,7 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
         if meta.abstract or meta.proxy:
             continue
         declared = declarations_of(model)
+        declared.update(expressions_of(model))
         if not declared:
             continue
         problem = mixin_problem(model)
@@ -380,6 +413,9 @@ def _unseen_writes(graph: Graph, model_list: Iterable[type[models.Model]]) -> li
 def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
     meta = model._meta
     where = f"{meta.label}.{method_name}()"
+    if declaration.expression is not None:
+        method_name = ""
+        where = f"{meta.label}.{declaration.field_name}'s maintained() expression"
     try:
         target = meta.get_field(declaration.field_name)
     except FieldDoesNotExist:
@@ -404,19 +440,21 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
         )
         return None
     key = (model, target.name)
+    by = f"{method_name}()" if method_name else "maintained()"
     if key in seen:
         errors.append(
             _error(
                 3,
-                f"{meta.label}.{target.name} is maintained by two methods: "
-                f"{seen[key]}() and {method_name}().",
+                f"{meta.label}.{target.name} is maintained twice: by {seen[key]} and by {by}.",
                 model,
-                "Keep one @maintained_field method per field.",
+                "Keep one @maintained_field method or maintained() per field.",
             )
         )
         return None
-    seen[key] = method_name
-    spec = Spec(model, target, method_name, declaration.label, declaration.depends_on)
+    seen[key] = by
+    spec = Spec(
+        model, target, method_name, declaration.label, declaration.depends_on, expression=declaration.expression
+    )
     spec.itself = Dependency(spec, "", (Hop(0, model, "", OWN, None, None, False, frozenset()),))
     deps = []
     for path in declaration.depends_on:
@@ -434,7 +472,8 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
             )
             return None
     spec.deps = tuple(deps)
-    spec.own_row = all(len(dep.hops) == 1 for dep in deps)
+    # An expression is computed by the database, on the row once it is written.
+    spec.own_row = declaration.expression is None and all(len(dep.hops) == 1 for dep in deps)
     if spec.own_row:
         spec.own_triggers = frozenset().union(*(dep.hops[0].triggers for dep in deps))
     return spec

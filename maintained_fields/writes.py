@@ -53,13 +53,13 @@ def normalize(spec: Spec, value: Any) -> Any:
             f"it has more than {field.max_digits} digits"
         )
         raise ValueError(
-            f"{spec.model.__name__}.{spec.method_name}() returned {value!r}, which "
+            f"{spec.source} returned {value!r}, which "
             f"{spec} ({type(field).__name__}) cannot store: {reason}."
         ) from None
     value = converted
     if isinstance(value, str) and field.max_length is not None and len(value) > field.max_length:
         raise ValueError(
-            f"{spec.model.__name__}.{spec.method_name}() returned {value!r}, which {spec} "
+            f"{spec.source} returned {value!r}, which {spec} "
             f"({type(field).__name__}) cannot store: it has {len(value)} characters, more than "
             f"max_length={field.max_length}. Shorten the value in the method or widen the field."
         )
@@ -68,13 +68,22 @@ def normalize(spec: Spec, value: Any) -> Any:
     return value
 
 
-def compute(instance: models.Model, specs: Iterable[Spec]) -> dict[str, tuple[Any, Any]]:
-    """{attname: (stored, computed)} for the specs whose value differs."""
+def compute(
+    instance: models.Model, specs: Iterable[Spec], evaluated: dict[str, Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """{attname: (stored, computed)} for the specs whose value differs.
+
+    ``evaluated`` holds the values of expression specs the database already
+    computed for this row, by attname.
+    """
     differences = {}
     for spec in specs:
         attname = spec.field.attname
         stored = getattr(instance, attname)
-        computed = normalize(spec, spec.compute(instance))
+        if evaluated is not None and attname in evaluated:
+            computed = normalize(spec, evaluated[attname])
+        else:
+            computed = normalize(spec, spec.compute(instance))
         if computed != stored:
             differences[attname] = (stored, computed)
     return differences
@@ -168,11 +177,13 @@ def update_rows(
     changed = []
     groups: dict[frozenset[str], list[models.Model]] = {}
     work = [(row, specs_of(row)) for row in rows]
-    paths = {path for _, specs in work for spec in specs for path in spec.forward_paths}
+    paths = {path for _, specs in work for spec in specs if spec.expression is None for path in spec.forward_paths}
     if paths:
         models.prefetch_related_objects([row for row, _ in work], *sorted(paths))
+    expressions = {spec for _, specs in work for spec in specs if spec.expression is not None}
+    evaluated = evaluate(model, db, [row.pk for row, _ in work], expressions) if expressions else {}
     for row, specs in work:
-        differences = compute(row, specs)
+        differences = compute(row, specs, evaluated.get(row.pk))
         if not differences:
             continue
         for attname, (_, value) in differences.items():
@@ -182,6 +193,19 @@ def update_rows(
     for attnames, instances in groups.items():
         write(model, db, instances, sorted(attnames), size)
     return changed
+
+
+def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]) -> dict[Any, dict[str, Any]]:
+    """The values the database computes for the expression ``specs`` on the
+    rows ``pks``, in one query: {pk: {attname: value}}."""
+    names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
+    rows = (
+        models.QuerySet(model, using=db)
+        .filter(pk__in=pks)
+        .annotate(**{name: spec.annotation() for name, spec in names.items()})
+        .values_list("pk", *names)
+    )
+    return {pk: {spec.field.attname: value for spec, value in zip(names.values(), values)} for pk, *values in rows}
 
 
 def write(

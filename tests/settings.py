@@ -19,6 +19,7 @@ INSTALLED_APPS = [
     "maintained_fields",
     "tests.testapp",
     "tests.drift",
+    "tests.expressions",
     "tests.modelcheck",
 ]
 DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")}

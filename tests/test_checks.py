@@ -109,7 +109,7 @@ def test_two_methods_for_one_field():
             return 2
 
     assert messages(Box) == [
-        ("maintained_fields.E003", "testapp.Box.count is maintained by two methods: first() and second().")
+        ("maintained_fields.E003", "testapp.Box.count is maintained twice: by first() and by second().")
     ]
 
 

@@ -8,7 +8,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from ...conf import get_config
-from ...writes import batches, compute
+from ...writes import batches, compute, evaluate
 from ._selection import add_selection_arguments, selected_groups
 
 
@@ -41,9 +41,11 @@ class Command(BaseCommand):
         size = batch_size or get_config()["BATCH_SIZE"]
         drift = []
         for model, specs in selected_groups(targets, labels):
+            expressions = [spec for spec in specs if spec.expression is not None]
             for batch in batches(models.QuerySet(model, using=database), size):
+                evaluated = evaluate(model, database, [row.pk for row in batch], expressions) if expressions else {}
                 for instance in batch:
-                    for attname, (stored, computed) in compute(instance, specs).items():
+                    for attname, (stored, computed) in compute(instance, specs, evaluated.get(instance.pk)).items():
                         found = {
                             "model": model._meta.label,
                             "pk": instance.pk,

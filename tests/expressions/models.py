@@ -1,0 +1,45 @@
+"""Fields the database computes, declared with maintained(): one model per
+relation kind, as in tests/drift, so that no path covers for another."""
+
+from django.db import models
+from django.db.models import Count, F, Max, Q, Sum, Value
+from django.db.models.functions import Coalesce, Upper
+
+from maintained_fields import MaintainedModel, maintained, maintained_field
+
+
+class Depot(MaintainedModel):
+    name = models.CharField(max_length=50, default="")
+    # Two levels down, through an expression field of the bins.
+    part_total = maintained(models.IntegerField(default=0), Coalesce(Sum("bins__part_count"), 0))
+    # Two hops at once.
+    heavy_parts = maintained(models.IntegerField(default=0), Count("bins__parts", filter=Q(bins__parts__weight__gt=5)))
+    summary = models.CharField(max_length=100, default="")
+
+    @maintained_field("summary", depends_on=["name", "part_total"])
+    def compute_summary(self):
+        return f"{self.name}: {self.part_total}"
+
+
+class Crate(MaintainedModel):
+    depot = models.ForeignKey(Depot, models.CASCADE, related_name="bins")
+    name = models.CharField(max_length=50, default="")
+    part_count = maintained(models.IntegerField(default=0), Count("parts"))
+    total_weight = maintained(models.IntegerField(default=0), Coalesce(Sum("parts__weight"), 0))
+    max_weight = maintained(models.IntegerField(null=True), Max("parts__weight"), label="extremes")
+    # Two aggregates over different joins: neither multiplies the other.
+    score = maintained(models.IntegerField(default=0), Count("parts") * 100 + Count("stickers"))
+    stickers = models.ManyToManyField("Sticker", related_name="crates", blank=True)
+
+
+class Part(MaintainedModel):
+    crate = models.ForeignKey(Crate, models.SET_NULL, null=True, related_name="parts")
+    name = models.CharField(max_length=50, default="")
+    weight = models.IntegerField(default=1)
+    code = maintained(models.CharField(max_length=50, default=""), Upper("name"))
+    crate_name = maintained(models.CharField(max_length=50, default=""), Coalesce(F("crate__name"), Value("")))
+
+
+class Sticker(MaintainedModel):
+    name = models.CharField(max_length=50, default="")
+    crate_count = maintained(models.IntegerField(default=0), Count("crates"))

@@ -1,0 +1,169 @@
+"""maintained(field, expression): the database computes the value.
+
+Random sequences of writes through every kind of write, in immediate mode
+and in one deferred scope, are checked against values this test computes in
+Python from the rows themselves (tests/expressions/models.py has one model
+per relation kind)."""
+
+import os
+
+import pytest
+from django.core import checks
+from django.db import models
+from django.db.models import Count, F
+from django.test.utils import isolate_apps
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from maintained_fields import MaintainedModel, maintained, override_autoupdate
+from maintained_fields.graph import build
+from tests.expressions.models import Crate, Depot, Part, Sticker
+
+pytestmark = pytest.mark.django_db
+
+EXAMPLES = int(os.environ.get("MAINTAINED_FIELDS_MODEL_CHECK_EXAMPLES", "30"))
+
+
+def expected():
+    """Every maintained column as the rows say it must be, computed here."""
+    parts = list(Part._base_manager.values("id", "crate_id", "name", "weight"))
+    crates = {c["id"]: c for c in Crate._base_manager.values("id", "depot_id", "name")}
+    links = list(Crate.stickers.through.objects.values("crate_id", "sticker_id"))
+    right = {}
+    for part in parts:
+        crate = crates.get(part["crate_id"])
+        right[Part, part["id"]] = {"code": part["name"].upper(), "crate_name": crate["name"] if crate else ""}
+    for pk in crates:
+        weights = [p["weight"] for p in parts if p["crate_id"] == pk]
+        stickers = sum(link["crate_id"] == pk for link in links)
+        right[Crate, pk] = {
+            "part_count": len(weights),
+            "total_weight": sum(weights),
+            "max_weight": max(weights, default=None),
+            "score": len(weights) * 100 + stickers,
+        }
+    for depot in Depot._base_manager.values("id", "name"):
+        mine = [pk for pk, crate in crates.items() if crate["depot_id"] == depot["id"]]
+        total = sum(right[Crate, pk]["part_count"] for pk in mine)
+        heavy = sum(p["weight"] > 5 for p in parts if p["crate_id"] in mine)
+        right[Depot, depot["id"]] = {
+            "part_total": total,
+            "heavy_parts": heavy,
+            "summary": f"{depot['name']}: {total}",
+        }
+    for sticker in Sticker._base_manager.values("id"):
+        right[Sticker, sticker["id"]] = {"crate_count": sum(link["sticker_id"] == sticker["id"] for link in links)}
+    return right
+
+
+def stored():
+    found = {}
+    for model, fields in right_fields().items():
+        for row in model._base_manager.values("id", *fields):
+            found[model, row.pop("id")] = row
+    return found
+
+
+def right_fields():
+    return {
+        Part: ["code", "crate_name"],
+        Crate: ["part_count", "total_weight", "max_weight", "score"],
+        Depot: ["part_total", "heavy_parts", "summary"],
+        Sticker: ["crate_count"],
+    }
+
+
+def pick(model, position):
+    rows = list(model.objects.order_by("pk"))
+    return rows[position % len(rows)] if rows else None
+
+
+def apply(step):
+    kind, a, b = step
+    crate = pick(Crate, a)
+    if kind == "create":
+        Part.objects.create(crate=crate if b % 3 else None, name=f"p{a}{b}", weight=b % 9)
+    elif kind == "move" and (part := pick(Part, b)):
+        part.crate = crate
+        part.save()
+    elif kind == "reweigh" and (part := pick(Part, a)):
+        part.weight = b % 9
+        part.save(update_fields=["weight"])
+    elif kind == "rename" and crate:
+        crate.name = f"c{b}"
+        crate.save()
+    elif kind == "delete" and (part := pick(Part, b)):
+        part.delete()
+    elif kind == "update":
+        Part.objects.filter(weight__gte=b % 9).update(crate=crate, name=F("name"))
+    elif kind == "bulk_create":
+        Part.objects.bulk_create([Part(crate=crate, name=f"b{n}", weight=n + b % 4) for n in range(3)])
+    elif kind == "stick" and crate and (sticker := pick(Sticker, b)):
+        crate.stickers.add(sticker)
+    elif kind == "unstick" and crate and (sticker := pick(Sticker, b)):
+        sticker.crates.remove(crate)
+    elif kind == "drop_crate" and crate and b % 4 == 0:
+        crate.delete()  # its parts are set to no crate
+    elif kind == "new_crate":
+        Crate.objects.create(depot=pick(Depot, b), name=f"n{a}")
+    elif kind == "delete_heavy":
+        Part.objects.filter(weight__gt=b % 9).delete()
+
+
+KINDS = ["create", "move", "reweigh", "rename", "delete", "update", "bulk_create", "stick", "unstick",
+         "drop_crate", "new_crate", "delete_heavy"]
+steps = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 20), st.integers(0, 20)), max_size=15)
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=steps)
+def test_expression_fields_hold_what_the_rows_say(mode, sequence):
+    with override_autoupdate(mode="disabled"):
+        for model in (Part, Crate, Sticker, Depot):
+            model.objects.all().delete()
+    depots = [Depot.objects.create(name=name) for name in ("north", "south")]
+    for n in range(3):
+        Crate.objects.create(depot=depots[n % 2], name=f"c{n}")
+    for name in ("red", "blue"):
+        Sticker.objects.create(name=name)
+    with override_autoupdate(mode=mode):
+        for step in sequence:
+            note(step)
+            apply(step)
+    assert stored() == expected()
+
+
+def test_paths_are_read_from_the_expression():
+    paths = {
+        (spec.model.__name__, spec.field.name): spec.depends_on
+        for spec in build([Depot, Crate, Part, Sticker]).nodes[Crate].related
+    }
+    assert paths[("Crate", "score")] == ("parts__pk", "stickers__pk")
+    assert paths[("Crate", "total_weight")] == ("parts__weight",)
+
+
+@isolate_apps("tests.expressions")
+def test_a_path_the_expression_cannot_reach_is_a_check_error():
+    class Shed(MaintainedModel):
+        tool_count = maintained(models.IntegerField(default=0), Count("tools"))
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Shed]).errors
+    assert [error.id for error in errors] == ["maintained_fields.E002"]
+    assert "Shed.tool_count" in errors[0].msg and "'tools'" in errors[0].msg
+    assert isinstance(errors[0], checks.Error)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("sample_count", Count("samples")), "takes a model field first"),
+        ((models.IntegerField(), "samples"), "takes a Django expression second"),
+    ],
+)
+def test_bad_arguments_say_what_to_write(arguments, message):
+    with pytest.raises(TypeError, match=message):
+        maintained(*arguments)
