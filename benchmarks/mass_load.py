@@ -1,21 +1,31 @@
 #!/usr/bin/env python
-"""Mass load: plain Django (the floor) against each autoupdate mode.
+"""Mass load: plain Django (the floor) against each mode of this package, with
+method fields and with expression fields, and django-computedfields (the peer).
 
-    python benchmarks/mass_load.py [--rows 10000] [--runs 5]
+    python benchmarks/mass_load.py [--rows 10000] [--runs 5] [--database-url URL]
+    python benchmarks/mass_load.py --scaling [--database-url URL]
 
-Loads the example project's schema (labs > studies > samples, one save() per
-row, in one transaction) into an on-disk SQLite database.  Runs are
-interleaved, in an order rotated each run, so that noise on a shared machine
-hits every variant alike; the table reports medians and their ratios to the
-floor measured in the same run.  Times are CPU seconds of this process
-(SQLite runs in it), which other jobs on the machine disturb less than
-wall-clock time.
+A loader saves labs > studies > samples one by one in one transaction (the
+example project's schema, example/lab/loading.py), in four copies of the
+schema: plain models, method fields, expression fields (maintained()) and
+django-computedfields.  Every measurement runs in a fresh process with the
+garbage collector on; runs are interleaved, in an order rotated each run, so
+that noise on a shared machine hits every variant alike.  The table gives
+medians of wall-clock time (CPU time of the loading process beside it), the
+ratio to the floor measured in the same run, queries, and whether the loaded
+columns hold what the rows say (counted by the benchmark itself).
+
+SQLite runs in a file in a temporary directory; --database-url names a
+PostgreSQL or MariaDB database to use instead (its tables are created and
+emptied).  --scaling loads 1,000, 10,000 and 100,000 samples in deferred mode
+and prints the time per row.  The peer needs the ``bench`` extra.
 """
 
 import argparse
-import gc
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,35 +34,108 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "example")]
 
+# variant: (schema, how it loads)
+VARIANTS = {
+    "floor": ("plain", None),
+    "method disabled": ("method", "disabled"),
+    "method deferred": ("method", "deferred"),
+    "method immediate": ("method", "immediate"),
+    "expression disabled": ("expression", "disabled"),
+    "expression deferred": ("expression", "deferred"),
+    "expression immediate": ("expression", "immediate"),
+    "peer default": ("peer", "default"),
+    "peer not_computed(recover)": ("peer", "recover"),
+}
 
-def setup(directory):
+
+def has_peer():
+    try:
+        import computedfields  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def setup(database):
+    """Configure Django for a child process, on ``database`` (a settings dict)."""
     import django
     from django.conf import settings
 
+    apps = ["maintained_fields", "lab", "benchmarks.floor", "benchmarks.expressions"]
+    if has_peer():
+        apps = ["django.contrib.contenttypes", "computedfields", *apps, "benchmarks.peer"]
     settings.configure(
-        INSTALLED_APPS=["maintained_fields", "lab", "benchmarks.floor"],
-        DATABASES={
-            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "bench.sqlite3")}
-        },
+        INSTALLED_APPS=apps,
+        DATABASES={"default": database},
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         USE_TZ=True,
+        SILENCED_SYSTEM_CHECKS=["computedfields.W001"],
     )
     django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", run_syncdb=True, verbosity=0)
 
 
-def measure(variant, rows):
+def schema(name):
+    if name == "plain":
+        from benchmarks.floor.models import PlainLab, PlainSample, PlainStudy
+
+        return PlainLab, PlainStudy, PlainSample
+    if name == "method":
+        from lab.models import Lab, Sample, Study
+
+        return Lab, Study, Sample
+    if name == "expression":
+        from benchmarks.expressions.models import ExprLab, ExprSample, ExprStudy
+
+        return ExprLab, ExprStudy, ExprSample
+    from benchmarks.peer.models import PeerLab, PeerSample, PeerStudy
+
+    return PeerLab, PeerStudy, PeerSample
+
+
+def empty(models):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for model in reversed(models):
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
+
+
+def correct(models):
+    """Whether every maintained column holds what the rows say, counted here."""
+    from django.db.models import Count, Sum
+
+    lab_model, study_model, sample_model = models
+    samples = sample_model._base_manager
+    counts = dict(samples.values_list("study").annotate(n=Count("pk")).order_by())
+    weights = dict(samples.values_list("study").annotate(w=Sum("weight")).order_by())
+    for study in study_model._base_manager.values("pk", "lab", "sample_count", "total_weight"):
+        if (study["sample_count"], study["total_weight"]) != (counts.get(study["pk"], 0), weights.get(study["pk"], 0)):
+            return False
+    per_lab = dict(samples.values_list("study__lab").annotate(n=Count("pk")).order_by())
+    if any(n != per_lab.get(pk, 0) for pk, n in lab_model._base_manager.values_list("pk", "sample_count")):
+        return False
+    return all(code == name.upper().replace(" ", "-") for name, code in samples.values_list("name", "code"))
+
+
+def child(variant, rows, database):
+    """Load ``rows`` samples as ``variant`` says; print what was measured, as JSON."""
+    setup(database)
+    from contextlib import nullcontext
+
     from django.db import connection
     from lab.loading import load
-    from lab.models import Lab, Sample, Study
 
-    from benchmarks.floor.models import PlainLab, PlainSample, PlainStudy
     from maintained_fields import override_autoupdate
 
-    schema = (PlainLab, PlainStudy, PlainSample) if variant == "floor" else (Lab, Study, Sample)
-    schema[0].objects.all().delete()
+    schema_name, how = VARIANTS[variant]
+    models = schema(schema_name)
+    empty(models)
+    if schema_name == "peer":
+        from computedfields.models import not_computed
+
+        context = not_computed(recover=True) if how == "recover" else nullcontext()
+    else:
+        context = override_autoupdate(mode=how or "disabled")
     queries = 0
 
     def count(execute, sql, params, many, context):
@@ -60,47 +143,104 @@ def measure(variant, rows):
         queries += 1
         return execute(sql, params, many, context)
 
-    mode = "disabled" if variant == "floor" else variant
-    gc.collect()
-    gc.disable()  # as timeit does: collections at arbitrary moments are noise
-    try:
-        with connection.execute_wrapper(count), override_autoupdate(mode=mode):
-            started = time.process_time()
-            load(*schema, labs=10, studies=10, samples=rows // 100)
-            seconds = time.process_time() - started
-    finally:
-        gc.enable()
-    return seconds, queries
+    with connection.execute_wrapper(count):
+        wall, cpu = time.perf_counter(), time.process_time()
+        with context:
+            load(*models, labs=10, studies=20, samples=rows // 200)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    verdict = correct(models) if schema_name != "plain" and how != "disabled" else None
+    print(json.dumps({"wall": wall, "cpu": cpu, "queries": queries, "correct": verdict}))
+
+
+def database_settings(url, directory):
+    if not url:
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "bench.sqlite3")}
+    import dj_database_url
+
+    return dj_database_url.parse(url)
+
+
+def run_child(variant, rows, database):
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", variant, "--rows", str(rows), "--database", json.dumps(database)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode:
+        sys.exit(f"{variant} failed:\n{result.stderr}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def create_tables(database):
+    subprocess.run([sys.executable, __file__, "--create", "--database", json.dumps(database)], check=True)
+
+
+def compare(args, database):
+    variants = [v for v in VARIANTS if has_peer() or not v.startswith("peer")]
+    if args.variants:
+        variants = ["floor", *(v for v in variants if v != "floor" and any(w in v for w in args.variants))]
+    results = {v: [] for v in variants}
+    for run in range(args.runs):
+        # Rotate the order each run so no variant always goes first.
+        for variant in variants[run % len(variants) :] + variants[: run % len(variants)]:
+            results[variant].append(run_child(variant, args.rows, database))
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{v} {results[v][-1]['wall']:.2f}s" for v in variants))
+    floor = statistics.median(r["wall"] for r in results["floor"])
+    where = "SQLite file" if database["ENGINE"].endswith("sqlite3") else database["ENGINE"].rsplit(".", 1)[-1]
+    print(f"\n{args.rows} samples ({args.rows // 200} per study, 20 studies per lab, 10 labs), {where}, "
+          f"median of {args.runs} interleaved runs, each in a fresh process\n")
+    print(f"{'variant':<28} {'wall s':>8} {'vs floor':>9} {'CPU s':>8} {'queries':>9} {'per row':>8}  correct")
+    for variant in variants:
+        wall = statistics.median(r["wall"] for r in results[variant])
+        cpu = statistics.median(r["cpu"] for r in results[variant])
+        queries = results[variant][-1]["queries"]
+        checks = {r["correct"] for r in results[variant]}
+        verdict = "n/a" if checks == {None} else ("yes" if checks == {True} else "NO")
+        print(f"{variant:<28} {wall:>8.2f} {wall / floor:>8.2f}x {cpu:>8.2f} {queries:>9} "
+              f"{queries / args.rows:>8.2f}  {verdict}")
+
+
+def scaling(args, database):
+    sizes = [1_000, 10_000, 100_000]
+    variants = ["method deferred", "expression deferred"]
+    results = {(v, n): [] for v in variants for n in sizes}
+    for run in range(args.runs):
+        for variant in variants:
+            for rows in sizes:
+                results[variant, rows].append(run_child(variant, rows, database))
+        print(f"run {run + 1}/{args.runs} done", flush=True)
+    print(f"\nDeferred loads, wall-clock microseconds per sample, median of {args.runs} runs\n")
+    print(f"{'variant':<22}" + "".join(f"{n:>10,}" for n in sizes) + "  spread  correct")
+    for variant in variants:
+        per_row = [statistics.median(r["wall"] for r in results[variant, n]) / n * 1e6 for n in sizes]
+        spread = max(per_row) / min(per_row) - 1
+        ok = all(r["correct"] for n in sizes for r in results[variant, n])
+        print(f"{variant:<22}" + "".join(f"{t:>10.1f}" for t in per_row) + f"  {spread:>6.0%}  {'yes' if ok else 'NO'}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=10_000, help="samples to load (a multiple of 100)")
-    parser.add_argument("--runs", type=int, default=7, help="interleaved runs per variant")
-    parser.add_argument("--skip-immediate", action="store_true", help="leave out the slowest variant")
+    parser.add_argument("--rows", type=int, default=10_000, help="samples to load (a multiple of 200)")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved runs per variant")
+    parser.add_argument("--database-url", default="", help="a PostgreSQL or MariaDB database (default: SQLite)")
+    parser.add_argument("--variants", nargs="*", help="only variants containing these words (and the floor)")
+    parser.add_argument("--scaling", action="store_true", help="time per row of deferred loads at three sizes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--create", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    variants = ["floor", "disabled", "deferred"] + ([] if args.skip_immediate else ["immediate"])
+    if args.child or args.create:
+        database = json.loads(args.database)
+        if args.child:
+            return child(args.child, args.rows, database)
+        setup(database)
+        from django.core.management import call_command
+
+        return call_command("migrate", run_syncdb=True, verbosity=0)
     with tempfile.TemporaryDirectory() as directory:
-        setup(directory)
-        times = {v: [] for v in variants}
-        queries = {}
-        for run in range(args.runs):
-            # Rotate the order each run so no variant always goes first.
-            for variant in variants[run % len(variants):] + variants[: run % len(variants)]:
-                seconds, queries[variant] = measure(variant, args.rows)
-                times[variant].append(seconds)
-            print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
-    floor = statistics.median(times["floor"])
-    print(f"\n{args.rows} samples, median of {args.runs} interleaved runs, SQLite on disk\n")
-    print(f"{'variant':<10} {'CPU s':>9} {'vs floor':>9} {'queries':>9} {'vs floor':>9}")
-    for variant in variants:
-        median = statistics.median(times[variant])
-        print(
-            f"{variant:<10} {median:>9.3f} {median / floor:>8.2f}x {queries[variant]:>9} "
-            f"{queries[variant] / queries['floor']:>8.2f}x"
-        )
-    if "immediate" in queries:
-        print(f"\ndeferred issues {queries['deferred'] / queries['immediate']:.1%} of immediate's queries")
+        database = database_settings(args.database_url, directory)
+        create_tables(database)
+        (scaling if args.scaling else compare)(args, database)
 
 
 if __name__ == "__main__":
