@@ -472,8 +472,7 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
             )
             return None
     spec.deps = tuple(deps)
-    # An expression is computed by the database, on the row once it is written.
-    spec.own_row = declaration.expression is None and all(len(dep.hops) == 1 for dep in deps)
+    spec.own_row = all(len(dep.hops) == 1 for dep in deps)
     if spec.own_row:
         spec.own_triggers = frozenset().union(*(dep.hops[0].triggers for dep in deps))
     return spec

@@ -19,7 +19,7 @@ from . import modes
 from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
 from .propagation import Records, dispatch, merge, recompute_records, records_for
-from .tracking import changed_attnames, compute_own_row, delete_queryset, lock_before_write, own_row_specs
+from .tracking import changed_attnames, compute_own_rows, delete_queryset, lock_before_write, own_row_specs
 from .writes import chunks, locking
 from .writes import lock as _lock
 
@@ -100,8 +100,8 @@ class MaintainedQuerySet(models.QuerySet):
             return super().bulk_create(objs, **options)
         objs = list(objs)
         own_row = own_row_specs(node, scope, None)
-        for obj in objs:
-            compute_own_row(obj, own_row)
+        if own_row and objs:
+            compute_own_rows(objs, own_row, self.db)
         written: frozenset[str] = frozenset()
         if update_conflicts and update_fields:
             # A conflicting row takes only update_fields: the own-row fields
@@ -169,8 +169,8 @@ class MaintainedQuerySet(models.QuerySet):
         fields = list(fields)
         written = frozenset(self.model._meta.get_field(name).attname for name in fields)
         own_row = own_row_specs(node, scope, written)
-        for obj in objs:
-            compute_own_row(obj, own_row)
+        if own_row and objs:
+            compute_own_rows(objs, own_row, self.db)
         fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
         written |= {spec.field.attname for spec in own_row}
         with _atomic(scope, self.db, moving=bool(node.up_links & written)):

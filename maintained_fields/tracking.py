@@ -7,6 +7,7 @@ and dispatches them as the mode in force says.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,8 +22,8 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for, rows_with_links
+from .writes import evaluate_in_memory, lock_rows, locking, normalize, resolve
 from .writes import lock as lock_rows_of
-from .writes import lock_rows, locking, normalize, resolve
 
 _OLD = "_maintained_fields_old"
 _RESOLVED = "_maintained_fields_resolved"
@@ -72,9 +73,23 @@ def own_row_specs(node: ModelNode, scope: modes.Scope, written: frozenset[str] |
     return chosen
 
 
-def compute_own_row(instance: models.Model, specs: list[Spec]) -> None:
-    for spec in specs:
-        setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
+def compute_own_rows(instances: list[models.Model], specs: list[Spec], using: str) -> None:
+    """Set the own-row fields ``specs`` (in dependency order) on ``instances``
+    before they are written: methods row by row, each run of expressions in
+    one query for all the rows."""
+    position = 0
+    while position < len(specs):
+        run = list(itertools.takewhile(lambda spec: spec.expression is not None, specs[position:]))
+        if run:
+            for instance, values in zip(instances, evaluate_in_memory(instances, run, using)):
+                for spec in run:
+                    setattr(instance, spec.field.attname, normalize(spec, values[spec.field.attname]))
+            position += len(run)
+            continue
+        spec = specs[position]
+        for instance in instances:
+            setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
+        position += 1
 
 
 def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
@@ -87,7 +102,8 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
-    compute_own_row(instance, own_row)
+    if own_row:
+        compute_own_rows([instance], own_row, using)
     save(**kwargs)
     records = records_for(
         node,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models
+from django.db.models.sql import Query
 from django.utils import timezone
 
 from .conf import get_config
@@ -206,6 +207,59 @@ def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable
         .values_list("pk", *names)
     )
     return {pk: {spec.field.attname: value for spec, value in zip(names.values(), values)} for pk, *values in rows}
+
+
+def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str) -> list[dict[str, Any]]:
+    """The values of own-row expression ``specs`` for ``instances`` as they
+    are in memory (saved or not): the database computes each expression on
+    the instance's values, with no table, in one query per batch.  One
+    {attname: value} per instance."""
+    connection = connections[db]
+    results: list[dict[str, Any]] = []
+    size = max(1, min(get_config()["BATCH_SIZE"], 500 // max(1, len(specs))))
+    for batch in chunks(instances, size):
+        query = Query(type(batch[0]))
+        compiler = query.get_compiler(using=db)
+        selects, params, resolved = [], [], []
+        for position, instance in enumerate(batch):
+            columns = []
+            for spec in specs:
+                expression = _with_values(spec.expression, instance).resolve_expression(query, allow_joins=False)
+                sql, more = compiler.compile(expression)
+                columns.append(sql)
+                params += more
+                if position == 0:
+                    resolved.append(expression)
+            selects.append(f"SELECT {position}, " + ", ".join(columns))
+        with connection.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join(selects), params)
+            rows = sorted(cursor.fetchall())
+        for _, *values in rows:
+            found = {}
+            for spec, expression, value in zip(specs, resolved, values):
+                for convert in connection.ops.get_db_converters(expression) + expression.get_db_converters(connection):
+                    value = convert(value, expression, connection)
+                found[spec.field.attname] = value
+            results.append(found)
+    return results
+
+
+def _with_values(expression: Any, instance: models.Model) -> Any:
+    """``expression`` with each F() of the row replaced by the instance's value."""
+    if isinstance(expression, models.F):
+        meta = instance._meta
+        field = meta.pk if expression.name == "pk" else next(
+            f for f in meta.concrete_fields if expression.name in (f.name, f.attname)
+        )
+        return models.Value(getattr(instance, field.attname), output_field=field)
+    if not hasattr(expression, "get_source_expressions"):
+        return expression
+    sources = expression.get_source_expressions()
+    if not sources:
+        return expression
+    copy = expression.copy()
+    copy.set_source_expressions([_with_values(source, instance) for source in sources])
+    return copy
 
 
 def write(

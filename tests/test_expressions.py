@@ -9,9 +9,9 @@ import os
 
 import pytest
 from django.core import checks
-from django.db import models
+from django.db import connection, models
 from django.db.models import Count, F
-from django.test.utils import isolate_apps
+from django.test.utils import CaptureQueriesContext, isolate_apps
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -169,3 +169,22 @@ def test_a_path_the_expression_cannot_reach_is_a_check_error():
 def test_bad_arguments_say_what_to_write(arguments, message):
     with pytest.raises(TypeError, match=message):
         maintained(*arguments)
+
+
+def test_own_row_expressions_are_computed_before_the_write():
+    # By the database, on the values in memory: the instance holds the value
+    # at once, and bulk_create() computes every row's in one query.
+    part = Part(name="bolt")
+    part.save()
+    assert part.code == "BOLT"
+    assert Part.objects.get(pk=part.pk).code == "BOLT"
+
+    def bulk(rows):
+        with CaptureQueriesContext(connection) as captured:
+            Part.objects.bulk_create([Part(name=f"nut {n}") for n in range(rows)])
+        return len(captured)
+
+    assert bulk(40) == bulk(4)
+    assert set(Part.objects.filter(name__startswith="nut").values_list("code", flat=True)) == {
+        f"NUT {n}" for n in range(40)
+    }
