@@ -10,7 +10,7 @@ not resolve are left out of it and reported by the system checks.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -122,16 +122,26 @@ class Spec:
 
 
 def _isolate(expression: Any, model: type[models.Model]) -> Any:
-    if isinstance(expression, models.Aggregate):
-        rows = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
-        return models.Subquery(rows.annotate(_maintained_value=expression).values("_maintained_value"))
-    if not hasattr(expression, "get_source_expressions"):
-        return expression
-    sources = expression.get_source_expressions()
+    def subquery(node: Any) -> Any:
+        if isinstance(node, models.Aggregate):
+            rows = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
+            return models.Subquery(rows.annotate(_maintained_value=node).values("_maintained_value"))
+        return None
+
+    return rewrite(expression, subquery)
+
+
+def rewrite(expression: Any, replace: Callable[[Any], Any]) -> Any:
+    """A copy of ``expression`` with each node for which ``replace`` returns
+    something other than None replaced by that (and not looked into)."""
+    replaced = replace(expression)
+    if replaced is not None:
+        return replaced
+    sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
     if not sources:
         return expression
     copy = expression.copy()
-    copy.set_source_expressions([_isolate(source, model) for source in sources])
+    copy.set_source_expressions([rewrite(source, replace) for source in sources])
     return copy
 
 

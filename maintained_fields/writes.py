@@ -18,7 +18,7 @@ from django.db.models.sql import Query
 from django.utils import timezone
 
 from .conf import get_config
-from .graph import Dependency, Spec
+from .graph import Dependency, Spec, rewrite
 from .signals import maintained_values_written
 
 T = TypeVar("T")
@@ -246,20 +246,16 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
 
 def _with_values(expression: Any, instance: models.Model) -> Any:
     """``expression`` with each F() of the row replaced by the instance's value."""
-    if isinstance(expression, models.F):
-        meta = instance._meta
-        field = meta.pk if expression.name == "pk" else next(
-            f for f in meta.concrete_fields if expression.name in (f.name, f.attname)
-        )
+    meta = instance._meta
+
+    def value(node: Any) -> Any:
+        if not isinstance(node, models.F):
+            return None
+        names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)
+        field = next(f for f in meta.concrete_fields if f.name in names or f.attname in names)
         return models.Value(getattr(instance, field.attname), output_field=field)
-    if not hasattr(expression, "get_source_expressions"):
-        return expression
-    sources = expression.get_source_expressions()
-    if not sources:
-        return expression
-    copy = expression.copy()
-    copy.set_source_expressions([_with_values(source, instance) for source in sources])
-    return copy
+
+    return rewrite(expression, value)
 
 
 def write(
