@@ -174,7 +174,11 @@ class MaintainedQuerySet(models.QuerySet):
         fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
         written |= {spec.field.attname for spec in own_row}
         with _atomic(scope, self.db, moving=bool(node.up_links & written)):
-            before = _rows(self.model, self.db, [obj.pk for obj in objs], node.tracked & written, lock=True)
+            # The keys bulk_update() does not write are read too: the parents
+            # it leads to are where the rows are, whatever the objects say.
+            columns = node.tracked & written
+            columns |= node.up_links if columns else frozenset()
+            before = _rows(self.model, self.db, [obj.pk for obj in objs], columns, lock=True)
             lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
             # A plain QuerySet: bulk_update() calls update(), which must not record again.
             count = models.QuerySet(self.model, using=self.db).bulk_update(objs, fields, batch_size=batch_size)

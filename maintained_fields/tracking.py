@@ -141,6 +141,10 @@ def _read_before(
     columns = node.tracked | (node.related_attnames if refresh else frozenset())
     if written is not None:
         columns &= written
+        if columns & node.tracked:
+            # The parents the write leads to are where the row is, whatever
+            # the instance says of the keys it does not write.
+            columns |= node.up_links
     if not columns:
         return None
     rows = models.QuerySet(node.model, using=using).filter(pk=instance.pk)

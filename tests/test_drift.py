@@ -389,3 +389,30 @@ def test_a_failed_deferred_flush_says_that_nothing_was_maintained():
                 Member.objects.create(name=f"{n:020d}", team=team)  # member_names outgrows its column
     assert "run rebuild_maintained_fields" in "".join(raised.value.__notes__)
     assert Shelf.objects.get().box_count == 0
+
+
+def assert_order_totals_right():
+    for order in Order.objects.all():
+        amounts = [line["amount"] for line in Line.objects.filter(order_id=order.pk).values("amount")]
+        assert (order.line_count, order.total) == (len(amounts), sum(amounts)), order.pk
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("write", ["save", "bulk_update"])
+@pytest.mark.parametrize("how", ["moved by another writer", "changed in memory only"])
+def test_a_write_that_leaves_out_the_foreign_key_recomputes_the_parent_the_row_is_in(db, mode, how, write):
+    # Found by an outside tester: the parent came from the instance, which
+    # was not written, instead of the row.
+    first, second = Order.objects.create(), Order.objects.create()
+    line = Line.objects.create(order=first, reference="r", amount=10)
+    if how == "moved by another writer":
+        Line.objects.filter(pk=line.pk).update(order=second)  # the instance still says first
+    else:
+        line.order = second  # not written below: the row stays in first
+    line.amount = 3
+    with override_autoupdate(mode=mode):
+        if write == "save":
+            line.save(update_fields=["amount"])
+        else:
+            Line.objects.bulk_update([line], ["amount"])
+    assert_order_totals_right()
