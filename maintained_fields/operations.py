@@ -36,6 +36,13 @@ class RecomputeMaintainedFields(Operation):
     reduces_to_sql = False
 
     def __init__(self, model_name: str, fields: Sequence[str] | None = None) -> None:
+        if not isinstance(model_name, str) or not model_name:
+            raise TypeError(f"RecomputeMaintainedFields() takes a model name first, e.g. 'Study', not {model_name!r}.")
+        if isinstance(fields, str) or (fields is not None and not all(isinstance(f, str) and f for f in fields)):
+            raise TypeError(
+                f"RecomputeMaintainedFields({model_name!r}) takes fields as a list of field names, "
+                f"e.g. fields=[{fields!r}], not {fields!r}."
+            )
         self.model_name = model_name
         self.fields = list(fields) if fields is not None else None
 

@@ -47,3 +47,16 @@ def test_serializes_into_a_migration_and_describes_itself():
     assert "fields=['sample_count']" in text
     assert operation.describe() == "Recompute maintained fields of study"
     assert operation.migration_name_fragment == "recompute_study"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("Study", "sample_count"), r"fields as a list of field names, e.g. fields=\['sample_count'\]"),
+        ((None,), "model name"),
+    ],
+)
+def test_bad_arguments_are_refused_when_the_operation_is_written(arguments, message):
+    # Not only when the migration runs, with an error about single letters.
+    with pytest.raises(TypeError, match=message):
+        RecomputeMaintainedFields(*arguments)
