@@ -102,8 +102,12 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
-    if own_row:
-        compute_own_rows([instance], own_row, using)
+    # In a deferred scope an expression costs a query per save here, and
+    # nothing per row in the flush's batches: it is left to the flush.
+    later = [s for s in own_row if s.expression is not None] if scope.mode == modes.DEFERRED else []
+    now = [s for s in own_row if s not in later]
+    if now:
+        compute_own_rows([instance], now, using)
     save(**kwargs)
     records = records_for(
         node,
@@ -114,6 +118,8 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
         old=old,
         own_row_done=True,
     )
+    if later:
+        merge(records, recompute_records(later, [instance.pk]))
     dispatch(scope, using, records, (instance,))
 
 
