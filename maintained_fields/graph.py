@@ -103,6 +103,15 @@ class Spec:
             return f"the maintained() expression of {self}"
         return f"{self.model.__name__}.{self.method_name}()"
 
+    def settable(self, vendor: str) -> bool:
+        """Whether an UPDATE can set the column to the expression itself: no
+        join outside its aggregates (UPDATE takes none), and no aggregate on
+        MySQL and MariaDB (a subquery may not read the table being updated)."""
+        names, aggregates = _outer_references(self.expression)
+        return self.expression is not None and all("__" not in name for name in names) and not (
+            aggregates and vendor == "mysql"
+        )
+
     def annotation(self) -> Any:
         """The expression, each aggregate in it a subquery of its own over the
         row (``OuterRef("pk")``), ready to annotate a query of this model."""
@@ -129,6 +138,25 @@ def _isolate(expression: Any, model: type[models.Model]) -> Any:
         return None
 
     return rewrite(expression, subquery)
+
+
+def _outer_references(expression: Any) -> tuple[set[str], bool]:
+    """The F() names of ``expression`` outside its aggregates, and whether it has any."""
+    names: set[str] = set()
+    aggregates = False
+
+    def visit(node: Any) -> Any:
+        nonlocal aggregates
+        if isinstance(node, models.Aggregate):
+            aggregates = True
+            return node
+        if isinstance(node, models.F):
+            names.add(node.name)
+            return node
+        return None
+
+    rewrite(expression, visit)
+    return names, aggregates
 
 
 def rewrite(expression: Any, replace: Callable[[Any], Any]) -> Any:

@@ -191,9 +191,25 @@ def update_rows(
             setattr(row, attname, value)
         groups.setdefault(frozenset(differences), []).append(row)
         changed.append((row, {a: stored for a, (stored, _) in differences.items()}))
+    settable = {spec.field.attname: spec for spec in expressions if spec.settable(connections[db].vendor)}
     for attnames, instances in groups.items():
-        write(model, db, instances, sorted(attnames), size)
+        if attnames <= settable.keys():
+            set_to_expressions(model, db, instances, [settable[a] for a in sorted(attnames)], size)
+        else:
+            write(model, db, instances, sorted(attnames), size)
     return changed
+
+
+def set_to_expressions(
+    model: type[models.Model], db: str, instances: list[models.Model], specs: list[Spec], size: int
+) -> None:
+    """Set the columns of ``specs`` on the rows of ``instances`` to their
+    expressions, in one UPDATE per batch: no value travels, and no CASE per row
+    as bulk_update() builds."""
+    expressions = {spec.field.attname: spec.annotation() for spec in specs}
+    for batch in chunks([instance.pk for instance in instances], size):
+        models.QuerySet(model, using=db).filter(pk__in=batch).update(**expressions)
+    _announce(model, db, instances, [spec.field.attname for spec in specs])
 
 
 def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]) -> dict[Any, dict[str, Any]]:
@@ -267,6 +283,10 @@ def write(
         queryset.filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
     else:
         queryset.bulk_update(instances, attnames, batch_size=size)
+    _announce(model, db, instances, attnames)
+
+
+def _announce(model: type[models.Model], db: str, instances: list[models.Model], attnames: list[str]) -> None:
     maintained_values_written.send(
         sender=model,
         pks=[instance.pk for instance in instances],
