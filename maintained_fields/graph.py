@@ -107,15 +107,24 @@ class Spec:
         """Whether an UPDATE can set the column to the expression itself: no
         join outside its aggregates (UPDATE takes none), and no aggregate on
         MySQL and MariaDB (a subquery may not read the table being updated)."""
-        names, aggregates = _outer_references(self.expression)
+        names, aggregates = self._outer_references
         return self.expression is not None and all("__" not in name for name in names) and not (
             aggregates and vendor == "mysql"
         )
 
+    @cached_property
+    def _outer_references(self) -> tuple[set[str], bool]:
+        return _outer_references(self.expression)
+
+    @cached_property
+    def _annotation(self) -> Any:
+        return _isolate(self.expression, self.model)
+
     def annotation(self) -> Any:
         """The expression, each aggregate in it a subquery of its own over the
-        row (``OuterRef("pk")``), ready to annotate a query of this model."""
-        return _isolate(self.expression, self.model)
+        row (``OuterRef("pk")``), ready to annotate a query of this model.
+        Built once: a query resolves a copy of it."""
+        return self._annotation
 
     def compute(self, instance: models.Model) -> Any:
         if self.expression is not None:

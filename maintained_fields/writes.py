@@ -193,7 +193,8 @@ def update_rows(
         changed.append((row, {a: stored for a, (stored, _) in differences.items()}))
     settable = {spec.field.attname: spec for spec in expressions if spec.settable(connections[db].vendor)}
     for attnames, instances in groups.items():
-        if attnames <= settable.keys():
+        # One row: its values are known and an UPDATE of values compiles faster.
+        if len(instances) > 1 and attnames <= settable.keys():
             set_to_expressions(model, db, instances, [settable[a] for a in sorted(attnames)], size)
         else:
             write(model, db, instances, sorted(attnames), size)
@@ -214,15 +215,49 @@ def set_to_expressions(
 
 def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]) -> dict[Any, dict[str, Any]]:
     """The values the database computes for the expression ``specs`` on the
-    rows ``pks``, in one query: {pk: {attname: value}}."""
-    names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
-    rows = (
-        models.QuerySet(model, using=db)
-        .filter(pk__in=pks)
-        .annotate(**{name: spec.annotation() for name, spec in names.items()})
-        .values_list("pk", *names)
-    )
-    return {pk: {spec.field.attname: value for spec, value in zip(names.values(), values)} for pk, *values in rows}
+    rows ``pks``, in one query: {pk: {attname: value}}.
+
+    Compiling a query with a subquery per aggregate costs more than running
+    it, so the SQL is compiled once per model, specs and number of rows, and
+    run again with other keys.
+    """
+    specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
+    connection = connections[db]
+    key = (model, db, specs, len(pks))
+    compiled = _compiled.get(key)
+    keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
+    if compiled is None:
+        names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
+        rows = (
+            models.QuerySet(model, using=db)
+            .filter(pk__in=pks)
+            .annotate(**{name: spec.annotation() for name, spec in names.items()})
+            .values_list("pk", *names)
+        )
+        compiler = rows.query.get_compiler(using=db)
+        sql, params = compiler.as_sql()
+        converters = compiler.get_converters([column for column, _, _ in compiler.select])
+        compiled = (sql, list(params[: len(params) - len(keys)]), converters)
+        if list(params[len(params) - len(keys) :]) == keys:  # the keys are the last parameters
+            if len(_compiled) > 500:
+                _compiled.clear()
+            _compiled[key] = compiled
+        else:
+            compiled = (sql, list(params), converters)
+            keys = []
+    sql, params, converters = compiled
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + keys)
+        rows = [list(row) for row in cursor.fetchall()]
+    for row in rows:
+        for position, (functions, expression) in converters.items():
+            for convert in functions:
+                row[position] = convert(row[position], expression, connection)
+    return {pk: {spec.field.attname: value for spec, value in zip(specs, values)} for pk, *values in rows}
+
+
+# {(model, database, specs, number of rows): (SQL, parameters before the keys, converters)}
+_compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any]]] = {}
 
 
 def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str) -> list[dict[str, Any]]:
