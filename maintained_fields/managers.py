@@ -19,7 +19,14 @@ from . import modes
 from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
 from .propagation import Records, dispatch, merge, recompute_records, records_for
-from .tracking import changed_attnames, compute_own_rows, delete_queryset, lock_before_write, own_row_specs
+from .tracking import (
+    changed_attnames,
+    compute_own_rows,
+    delete_queryset,
+    lock_before_write,
+    own_row_specs,
+    tracked_before,
+)
 from .writes import chunks, locking
 from .writes import lock as _lock
 
@@ -174,10 +181,7 @@ class MaintainedQuerySet(models.QuerySet):
         fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
         written |= {spec.field.attname for spec in own_row}
         with _atomic(scope, self.db, moving=bool(node.up_links & written)):
-            # The keys bulk_update() does not write are read too: the parents
-            # it leads to are where the rows are, whatever the objects say.
-            columns = node.tracked & written
-            columns |= node.up_links if columns else frozenset()
+            columns = tracked_before(node, written)
             before = _rows(self.model, self.db, [obj.pk for obj in objs], columns, lock=True)
             lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
             # A plain QuerySet: bulk_update() calls update(), which must not record again.

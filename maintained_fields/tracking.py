@@ -77,19 +77,16 @@ def compute_own_rows(instances: list[models.Model], specs: list[Spec], using: st
     """Set the own-row fields ``specs`` (in dependency order) on ``instances``
     before they are written: methods row by row, each run of expressions in
     one query for all the rows."""
-    position = 0
-    while position < len(specs):
-        run = list(itertools.takewhile(lambda spec: spec.expression is not None, specs[position:]))
-        if run:
+    for expressions, run in itertools.groupby(specs, key=lambda spec: spec.expression is not None):
+        run = list(run)
+        if expressions:
             for instance, values in zip(instances, evaluate_in_memory(instances, run, using)):
                 for spec in run:
                     setattr(instance, spec.field.attname, normalize(spec, values[spec.field.attname]))
-            position += len(run)
             continue
-        spec = specs[position]
-        for instance in instances:
-            setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
-        position += 1
+        for spec in run:
+            for instance in instances:
+                setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
 
 
 def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
@@ -144,13 +141,9 @@ def _read_before(
     pk_field = instance._meta.pk
     if instance._state.adding and (pk_field.has_default() or pk_field.db_default is not models.NOT_PROVIDED):
         return None  # Django inserts without trying an UPDATE first
-    columns = node.tracked | (node.related_attnames if refresh else frozenset())
-    if written is not None:
-        columns &= written
-        if columns & node.tracked:
-            # The parents the write leads to are where the row is, whatever
-            # the instance says of the keys it does not write.
-            columns |= node.up_links
+    columns = tracked_before(node, written)
+    if refresh:
+        columns |= node.related_attnames if written is None else node.related_attnames & written
     if not columns:
         return None
     rows = models.QuerySet(node.model, using=using).filter(pk=instance.pk)
@@ -163,6 +156,17 @@ def _read_before(
         for attname in node.related_attnames & columns:
             setattr(instance, attname, row[attname])
     return row
+
+
+def tracked_before(node: ModelNode, written: frozenset[str] | None) -> frozenset[str]:
+    """The columns to read before a write of ``written`` (None: every field):
+    the tracked ones it writes, and with them the row's foreign keys on the
+    paths, since the parents the write leads to are where the row is,
+    whatever the instance says of the keys it does not write."""
+    if written is None:
+        return node.tracked
+    columns = node.tracked & written
+    return columns | node.up_links if columns else columns
 
 
 def lock_parents(instance: Any, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
