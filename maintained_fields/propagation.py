@@ -89,7 +89,7 @@ def process(
             if locked is not None:
                 _lock_late(model, targets, locked, db, size, own_transaction)
             node = graph.nodes[model]
-            changed = recompute(model, targets, db, batch_size)
+            changed = recompute(model, targets, db, batch_size, locked=True)
             for instance, old in changed:
                 downstream = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
                 merge(pending, downstream)

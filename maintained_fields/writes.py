@@ -115,23 +115,62 @@ def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str, size: in
 
 
 def recompute(
-    model: type[models.Model], targets: dict[Any, set[Spec]], db: str, size: int | None = None
+    model: type[models.Model],
+    targets: dict[Any, set[Spec]],
+    db: str,
+    size: int | None = None,
+    *,
+    locked: bool = False,
 ) -> list[tuple[models.Model, dict[str, Any]]]:
     """Recompute the given specs of the given rows and write what changed.
 
     Returns each changed row with its previous values, by attname.  Rows that
-    no longer exist are skipped.
+    no longer exist are skipped.  Unless the caller has ``locked`` them, the
+    rows are locked first, in a statement of their own: a recompute that
+    waited for a lock in the statement that reads would read what the rows
+    held before the wait.
     """
     config = get_config()
     size = size or config["BATCH_SIZE"]
+    lock_first = config["LOCK_ROWS"] and not locked and connections[db].features.has_select_for_update
     changed: list[tuple[models.Model, dict[str, Any]]] = []
     # Sorted, so that concurrent writers lock rows in one order and cannot deadlock.
     for batch in chunks(sorted(targets), size):
-        rows = models.QuerySet(model, using=db).filter(pk__in=batch).order_by("pk")
-        if config["LOCK_ROWS"]:
-            rows = lock(rows)
-        changed += update_rows(model, db, rows, lambda row: targets[row.pk], size)
+        if lock_first:
+            lock_rows(model, db, batch, size)
+        expressions = {spec for pk in batch for spec in targets[pk] if spec.expression is not None}
+        rows, evaluated = read(model, db, batch, expressions)
+        changed += update_rows(model, db, rows, lambda row: targets[row.pk], size, evaluated)
     return changed
+
+
+def read(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
+) -> tuple[list[models.Model], dict[Any, dict[str, Any]]]:
+    """The rows ``pks`` of ``model`` in primary-key order, whole, and the values
+    the database computes for the expression ``specs`` on each
+    ({pk: {attname: value}}), in one query."""
+    specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
+    attnames = [field.attname for field in model._meta.concrete_fields]
+    names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
+
+    def query(pks: list[Any]) -> models.QuerySet:
+        return (
+            models.QuerySet(model, using=db)
+            .filter(pk__in=pks)
+            .order_by("pk")
+            .annotate(**{name: spec.annotation() for name, spec in names.items()})
+            .values_list(*attnames, *names)
+        )
+
+    found = _fetch(("read", model, specs), model, db, pks, query)
+    width = len(attnames)
+    rows = [model.from_db(db, attnames, values[:width]) for values in found]
+    evaluated = {
+        row.pk: {spec.field.attname: value for spec, value in zip(specs, values[width:])}
+        for row, values in zip(rows, found)
+    }
+    return rows, evaluated
 
 
 def lock_rows(
@@ -169,11 +208,13 @@ def update_rows(
     rows: Iterable[models.Model],
     specs_of: Callable[[models.Model], Iterable[Spec]],
     size: int,
+    evaluated: dict[Any, dict[str, Any]] | None = None,
 ) -> list[tuple[models.Model, dict[str, Any]]]:
     """Recompute ``specs_of(row)`` on each of ``rows``, then write the changed values.
 
     The rows the specs read through foreign keys alone are read first, in
-    one query per relation, not one per row.
+    one query per relation, not one per row.  ``evaluated`` holds the values
+    of the expression specs if they were read with the rows (see :func:`read`).
     """
     changed = []
     groups: dict[frozenset[str], list[models.Model]] = {}
@@ -182,7 +223,8 @@ def update_rows(
     if paths:
         models.prefetch_related_objects([row for row, _ in work], *sorted(paths))
     expressions = {spec for _, specs in work for spec in specs if spec.expression is not None}
-    evaluated = evaluate(model, db, [row.pk for row, _ in work], expressions) if expressions else {}
+    if evaluated is None:
+        evaluated = evaluate(model, db, [row.pk for row, _ in work], expressions) if expressions else {}
     for row, specs in work:
         differences = compute(row, specs, evaluated.get(row.pk))
         if not differences:
@@ -215,48 +257,63 @@ def set_to_expressions(
 
 def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]) -> dict[Any, dict[str, Any]]:
     """The values the database computes for the expression ``specs`` on the
-    rows ``pks``, in one query: {pk: {attname: value}}.
-
-    Compiling a query with a subquery per aggregate costs more than running
-    it, so the SQL is compiled once per model, specs and number of rows, and
-    run again with other keys.
-    """
+    rows ``pks``, in one query: {pk: {attname: value}}."""
     specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
-    connection = connections[db]
-    key = (model, db, specs, len(pks))
-    compiled = _compiled.get(key)
-    keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
-    if compiled is None:
-        names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
-        rows = (
+    names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
+
+    def query(pks: list[Any]) -> models.QuerySet:
+        return (
             models.QuerySet(model, using=db)
             .filter(pk__in=pks)
             .annotate(**{name: spec.annotation() for name, spec in names.items()})
             .values_list("pk", *names)
         )
-        compiler = rows.query.get_compiler(using=db)
+
+    found = _fetch(("evaluate", model, specs), model, db, pks, query)
+    return {pk: {spec.field.attname: value for spec, value in zip(specs, values)} for pk, *values in found}
+
+
+def _fetch(
+    key: tuple[Any, ...],
+    model: type[models.Model],
+    db: str,
+    pks: list[Any],
+    query: Callable[[list[Any]], models.QuerySet],
+) -> list[list[Any]]:
+    """The rows ``query(pks)`` selects, converted as the ORM converts them.
+
+    Compiling a query with a subquery per aggregate costs more than running
+    it, so its SQL is compiled once per ``key``, database and number of keys,
+    and run again with other keys (the last parameters of ``pk__in``).
+    """
+    connection = connections[db]
+    key = (*key, db, len(pks))
+    keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiler = query(pks).query.get_compiler(using=db)
         sql, params = compiler.as_sql()
         converters = compiler.get_converters([column for column, _, _ in compiler.select])
-        compiled = (sql, list(params[: len(params) - len(keys)]), converters)
-        if list(params[len(params) - len(keys) :]) == keys:  # the keys are the last parameters
+        if list(params[len(params) - len(keys) :]) == keys:
+            compiled = (sql, list(params[: len(params) - len(keys)]), converters)
             if len(_compiled) > 500:
                 _compiled.clear()
             _compiled[key] = compiled
         else:
-            compiled = (sql, list(params), converters)
-            keys = []
+            compiled, keys = (sql, list(params), converters), []
     sql, params, converters = compiled
     with connection.cursor() as cursor:
         cursor.execute(sql, params + keys)
         rows = [list(row) for row in cursor.fetchall()]
-    for row in rows:
-        for position, (functions, expression) in converters.items():
-            for convert in functions:
-                row[position] = convert(row[position], expression, connection)
-    return {pk: {spec.field.attname: value for spec, value in zip(specs, values)} for pk, *values in rows}
+    if converters:
+        for row in rows:
+            for position, (functions, expression) in converters.items():
+                for convert in functions:
+                    row[position] = convert(row[position], expression, connection)
+    return rows
 
 
-# {(model, database, specs, number of rows): (SQL, parameters before the keys, converters)}
+# {(purpose, model, specs, database, number of keys): (SQL, parameters before the keys, converters)}
 _compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any]]] = {}
 
 
@@ -275,7 +332,7 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
         for position, instance in enumerate(batch):
             columns = []
             for spec in specs:
-                expression = _with_values(spec.expression, instance).resolve_expression(query, allow_joins=False)
+                expression = with_values(spec.expression, instance).resolve_expression(query, allow_joins=False)
                 sql, more = compiler.compile(expression)
                 columns.append(sql)
                 params += more
@@ -295,7 +352,7 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
     return results
 
 
-def _with_values(expression: Any, instance: models.Model) -> Any:
+def with_values(expression: Any, instance: models.Model) -> Any:
     """``expression`` with each F() of the row replaced by the instance's value."""
     meta = instance._meta
 
@@ -312,13 +369,36 @@ def _with_values(expression: Any, instance: models.Model) -> Any:
 def write(
     model: type[models.Model], db: str, instances: list[models.Model], attnames: list[str], size: int
 ) -> None:
-    queryset = models.QuerySet(model, using=db)
     if len(instances) == 1:
-        instance = instances[0]
-        queryset.filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
+        _update_one(model, db, instances[0], attnames)
     else:
-        queryset.bulk_update(instances, attnames, batch_size=size)
+        models.QuerySet(model, using=db).bulk_update(instances, attnames, batch_size=size)
     _announce(model, db, instances, attnames)
+
+
+def _update_one(model: type[models.Model], db: str, instance: models.Model, attnames: list[str]) -> None:
+    """``UPDATE`` the columns ``attnames`` of one row to the instance's values,
+    with SQL built once per model, database and columns."""
+    connection = connections[db]
+    fields = [model._meta.get_field(attname) for attname in attnames]
+    if any(hasattr(field, "get_placeholder") for field in fields):  # a column written through SQL of its own
+        models.QuerySet(model, using=db).filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
+        return
+    key = (model, db, tuple(attnames))
+    sql = _updates.get(key)
+    if sql is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+        sql = _updates[key] = (
+            f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {quote(model._meta.pk.column)} = %s"
+        )
+    params = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, model._meta.pk.get_db_prep_value(instance.pk, connection)])
+
+
+# {(model, database, attnames): UPDATE statement}
+_updates: dict[tuple[Any, ...], str] = {}
 
 
 def _announce(model: type[models.Model], db: str, instances: list[models.Model], attnames: list[str]) -> None:
