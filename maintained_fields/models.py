@@ -31,6 +31,9 @@ class MaintainedModelMixin:
             kwargs.update(zip(_SAVE_ARGUMENTS, args))
         tracking.save_instance(self, super().save, kwargs)  # type: ignore[misc]
 
+    def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
+        return tracking.insert(self, super()._do_insert, manager, using, fields, returning_fields, raw)  # type: ignore[misc]
+
 
 class MaintainedModel(MaintainedModelMixin, models.Model):
     """Abstract base for models with ``@maintained_field`` methods.

@@ -7,7 +7,6 @@ and dispatches them as the mode in force says.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,13 +21,14 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for, rows_with_links
-from .writes import evaluate_in_memory, lock_rows, locking, normalize, resolve
+from .writes import evaluate_in_memory, lock_rows, locking, normalize, resolve, with_values
 from .writes import lock as lock_rows_of
 
 _OLD = "_maintained_fields_old"
 _RESOLVED = "_maintained_fields_resolved"
 _CLEARED = "_maintained_fields_cleared"
 _DELETING = "_maintained_fields_deleting"
+_RETURNED = "_maintained_fields_returned"
 
 
 def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
@@ -77,8 +77,7 @@ def compute_own_rows(instances: list[models.Model], specs: list[Spec], using: st
     """Set the own-row fields ``specs`` (in dependency order) on ``instances``
     before they are written: methods row by row, each run of expressions in
     one query for all the rows."""
-    for expressions, run in itertools.groupby(specs, key=lambda spec: spec.expression is not None):
-        run = list(run)
+    for expressions, run in _runs(specs):
         if expressions:
             for instance, values in zip(instances, evaluate_in_memory(instances, run, using)):
                 for spec in run:
@@ -87,6 +86,48 @@ def compute_own_rows(instances: list[models.Model], specs: list[Spec], using: st
         for spec in run:
             for instance in instances:
                 setattr(instance, spec.field.attname, normalize(spec, spec.compute(instance)))
+
+
+def _runs(specs: list[Spec]) -> Iterator[tuple[bool, list[Spec]]]:
+    """``specs`` in runs of methods and of expressions, in order; an
+    expression that reads a field computed earlier in its run starts a new
+    one, since a run's expressions are computed from the values before it."""
+    run: list[Spec] = []
+    for spec in specs:
+        if run and (
+            (spec.expression is None) != (run[0].expression is None)
+            or spec.own_triggers & {earlier.field.attname for earlier in run}
+        ):
+            yield run[0].expression is not None, run
+            run = []
+        run.append(spec)
+    if run:
+        yield run[0].expression is not None, run
+
+
+def left_to_insert(instance: models.Model, specs: list[Spec], using: str, kwargs: dict[str, Any]) -> list[Spec]:
+    """The trailing run of own-row expression ``specs`` that the INSERT of a
+    new ``instance`` can compute itself and return (``RETURNING``), at no
+    query of its own (see :func:`insert`)."""
+    if instance.pk is not None or kwargs.get("raw") or not connections[using].features.can_return_columns_from_insert:
+        return []
+    runs = list(_runs(specs))
+    return runs[-1][1] if runs and runs[-1][0] else []
+
+
+def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, using: str, fields: Any,
+           returning_fields: list[Any], raw: bool) -> Any:
+    """``Model._do_insert()``, also returning the fields :func:`left_to_insert`
+    chose, and setting them on the instance."""
+    specs = instance.__dict__.pop(_RETURNED, None)
+    if not specs:
+        return do_insert(manager, using, fields, returning_fields, raw)
+    wanted = [*returning_fields, *(spec.field for spec in specs if spec.field not in returning_fields)]
+    results = do_insert(manager, using, fields, wanted, raw)
+    values = dict(zip(wanted, results[0]))
+    for spec in specs:
+        setattr(instance, spec.field.attname, values[spec.field])
+    return [tuple(values[field] for field in returning_fields)]
 
 
 def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
@@ -103,9 +144,24 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
     # nothing per row in the flush's batches: it is left to the flush.
     later = [s for s in own_row if s.expression is not None] if scope.mode == modes.DEFERRED else []
     now = [s for s in own_row if s not in later]
-    if now:
-        compute_own_rows([instance], now, using)
-    save(**kwargs)
+    in_insert = left_to_insert(instance, now, using, kwargs) if now else []
+    before_insert = now[: len(now) - len(in_insert)]
+    if before_insert:
+        compute_own_rows([instance], before_insert, using)
+    if in_insert:
+        # Each field holds its expression on the instance's values until insert() swaps it for the row's.
+        before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
+        for spec in in_insert:
+            setattr(instance, spec.field.attname, with_values(spec.expression, instance))
+        instance.__dict__[_RETURNED] = in_insert
+        try:
+            save(**kwargs)
+        except BaseException:
+            instance.__dict__.pop(_RETURNED, None)
+            instance.__dict__.update(before)
+            raise
+    else:
+        save(**kwargs)
     records = records_for(
         node,
         instance,

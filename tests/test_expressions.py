@@ -9,7 +9,7 @@ import os
 
 import pytest
 from django.core import checks
-from django.db import connection, models
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, F
 from django.test.utils import CaptureQueriesContext, isolate_apps
 from hypothesis import HealthCheck, given, note, settings
@@ -34,7 +34,11 @@ def expected():
     right = {}
     for part in parts:
         crate = crates.get(part["crate_id"])
-        right[Part, part["id"]] = {"code": part["name"].upper(), "crate_name": crate["name"] if crate else ""}
+        right[Part, part["id"]] = {
+            "code": part["name"].upper(),
+            "shout": part["name"].upper() + "!",
+            "crate_name": crate["name"] if crate else "",
+        }
     for pk in crates:
         weights = [p["weight"] for p in parts if p["crate_id"] == pk]
         stickers = sum(link["crate_id"] == pk for link in links)
@@ -68,7 +72,7 @@ def stored():
 
 def right_fields():
     return {
-        Part: ["code", "crate_name"],
+        Part: ["code", "shout", "crate_name"],
         Crate: ["part_count", "total_weight", "max_weight", "score"],
         Depot: ["part_total", "heavy_parts", "summary"],
         Sticker: ["crate_count"],
@@ -91,6 +95,9 @@ def apply(step):
     elif kind == "reweigh" and (part := pick(Part, a)):
         part.weight = b % 9
         part.save(update_fields=["weight"])
+    elif kind == "rename_part" and (part := pick(Part, a)):
+        part.name = f"r{b}"
+        part.save()
     elif kind == "rename" and crate:
         crate.name = f"c{b}"
         crate.save()
@@ -112,7 +119,7 @@ def apply(step):
         Part.objects.filter(weight__gt=b % 9).delete()
 
 
-KINDS = ["create", "move", "reweigh", "rename", "delete", "update", "bulk_create", "stick", "unstick",
+KINDS = ["create", "move", "reweigh", "rename_part", "rename", "delete", "update", "bulk_create", "stick", "unstick",
          "drop_crate", "new_crate", "delete_heavy"]
 steps = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 20), st.integers(0, 20)), max_size=15)
 
@@ -176,8 +183,12 @@ def test_own_row_expressions_are_computed_before_the_write():
     # at once, and bulk_create() computes every row's in one query.
     part = Part(name="bolt")
     part.save()
-    assert part.code == "BOLT"
-    assert Part.objects.get(pk=part.pk).code == "BOLT"
+    assert (part.code, part.shout) == ("BOLT", "BOLT!")
+    assert Part.objects.values_list("code", "shout").get(pk=part.pk) == ("BOLT", "BOLT!")
+    part.name = "screw"
+    part.save()
+    assert (part.code, part.shout) == ("SCREW", "SCREW!")
+    assert Part.objects.values_list("code", "shout").get(pk=part.pk) == ("SCREW", "SCREW!")
 
     def bulk(rows):
         with CaptureQueriesContext(connection) as captured:
@@ -185,6 +196,30 @@ def test_own_row_expressions_are_computed_before_the_write():
         return len(captured)
 
     assert bulk(40) == bulk(4)
-    assert set(Part.objects.filter(name__startswith="nut").values_list("code", flat=True)) == {
-        f"NUT {n}" for n in range(40)
+    assert set(Part.objects.filter(name__startswith="nut").values_list("code", "shout")) == {
+        (f"NUT {n}", f"NUT {n}!") for n in range(40)
     }
+
+
+def test_creating_a_row_computes_its_own_expressions_in_the_insert():
+    if not connection.features.can_return_columns_from_insert:
+        pytest.skip("MySQL has no INSERT ... RETURNING")
+    # The last own-row expressions (shout, which reads code) are the INSERT's
+    # to compute and return; code, which shout reads, takes a query before it.
+    with CaptureQueriesContext(connection) as captured:
+        part = Part.objects.create(name="washer")
+    assert (part.code, part.shout) == ("WASHER", "WASHER!")
+    statements = [q["sql"].split()[0] for q in captured]
+    # crate_name, read through a foreign key, is recomputed after the INSERT.
+    assert statements[:2] == ["SELECT", "INSERT"] and "INSERT" not in statements[2:], statements
+
+
+def test_a_failed_insert_leaves_the_instance_as_it_was():
+    part = Part(name=None)  # NOT NULL: every database refuses the row
+    part.shout = "before"
+    with pytest.raises(IntegrityError), transaction.atomic():
+        part.save()
+    assert (part.pk, part.shout) == (None, "before")
+    part.name = "pin"
+    part.save()
+    assert Part.objects.values_list("shout", flat=True).get(pk=part.pk) == "PIN!"

@@ -3,7 +3,7 @@ relation kind, as in tests/drift, so that no path covers for another."""
 
 from django.db import models
 from django.db.models import Count, F, Max, Q, Sum, Value
-from django.db.models.functions import Coalesce, Upper
+from django.db.models.functions import Coalesce, Concat, Upper
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
 
@@ -37,6 +37,8 @@ class Part(MaintainedModel):
     name = models.CharField(max_length=50, default="")
     weight = models.IntegerField(default=1)
     code = maintained(models.CharField(max_length=50, default=""), Upper("name"))
+    # Reads another own-row expression: computed after it, from its new value.
+    shout = maintained(models.CharField(max_length=51, default=""), Concat("code", Value("!")))
     crate_name = maintained(models.CharField(max_length=50, default=""), Coalesce(F("crate__name"), Value("")))
 
 
