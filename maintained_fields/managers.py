@@ -73,14 +73,18 @@ class MaintainedQuerySet(models.QuerySet):
             new = _plain(node, kwargs)
             lock_before_write(node, [(SimpleNamespace(**{**old, **new}), old) for old in before.values()], self.db)
             count = super().update(**kwargs)
+            # The keys written as values are known; the ones written as
+            # expressions are read back (by primary key, which they leave alone).
             after: dict[Any, dict[str, Any]] = {}
-            if node.up_links & written:
-                after = _rows(self.model, self.db, before, node.up_links)
+            if (node.up_links & written) - new.keys():
+                after = _rows(self.model, self.db, before, (node.up_links & written) - new.keys())
             records: Records = {}
+            moved = {}
             for pk, old in before.items():
-                row = SimpleNamespace(**{**old, **after.get(pk, {})})
+                row = SimpleNamespace(**{**old, **new, **after.get(pk, {})})
+                row.pk = moved[pk] = _new_pk(self.model, pk, new)
                 merge(records, records_for(node, row, labels=scope.labels, changed=written, old=old))
-            merge(records, recompute_records(_overwritten(node, scope, written), before))
+            merge(records, recompute_records(_overwritten(node, scope, written), moved.values()))
             dispatch(scope, self.db, records)
         return count
 
@@ -214,17 +218,29 @@ def _atomic(scope: modes.Scope, db: str, moving: bool = False) -> Any:
 
 
 def _plain(node: ModelNode, values: dict[str, Any]) -> dict[str, Any]:
-    """The foreign keys among an update()'s ``values`` whose new value is known
-    before the write (not an expression)."""
+    """The foreign keys and primary key fields among an update()'s ``values``
+    whose new value is known before the write (not an expression)."""
     found = {}
+    keys = {field.attname for field in node.model._meta.pk_fields}
     for name, value in values.items():
         field = node.model._meta.get_field(name)
-        if field.attname in node.up_links and not hasattr(value, "resolve_expression"):
+        if field.attname in node.up_links | keys and not hasattr(value, "resolve_expression"):
             # The column holds the field the key points at, the primary key or a to_field.
             if isinstance(value, models.Model):
                 value = getattr(value, field.target_field.attname)
             found[field.attname] = value
     return found
+
+
+def _new_pk(model: type[models.Model], pk: Any, new: dict[str, Any]) -> Any:
+    """The primary key of the row ``pk`` once an update() wrote the values ``new``
+    (a composite key changes with the fields in it)."""
+    fields = model._meta.pk_fields
+    if not any(field.attname in new for field in fields):
+        return pk
+    if len(fields) == 1:
+        return new[fields[0].attname]
+    return tuple(new.get(field.attname, part) for field, part in zip(fields, pk))
 
 
 def _unique_sets(model: type[models.Model]) -> list[list[str]]:
