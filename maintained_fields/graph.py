@@ -211,6 +211,10 @@ class Graph:
     errors: list[checks.CheckMessage] = field(default_factory=list)
     # The order in which every writer locks rows, model by model (see _lock_order).
     model_order: dict[type[models.Model], int] = field(default_factory=dict)
+    # The layer of each group of ``order``: groups in one layer do not depend on each other.
+    layers: tuple[int, ...] = ()
+    # The models whose rows a flush locks as it reads their links (see _walk_locks).
+    walk_locks: frozenset[type[models.Model]] = frozenset()
     # Per model, the foreign keys onto it that a path follows and whose
     # on_delete moves the children to another row (SET, SET_DEFAULT, custom).
     moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey, ...]] = field(default_factory=dict)
@@ -541,20 +545,30 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
     for targets in feeds.values():
         for target in targets:
             waiting[target] += 1
-    layer = [spec for spec in specs if waiting[spec] == 0]
-    order = []
+    # Kahn's algorithm: each spec's layer is the earliest after everything it reads.
+    layer_of: dict[Spec, int] = {}
+    layer, depth = [spec for spec in specs if waiting[spec] == 0], 0
     while layer:
-        groups: dict[type[models.Model], list[Spec]] = {}
-        for spec in layer:
-            groups.setdefault(spec.model, []).append(spec)
-        order.extend((model, tuple(group)) for model, group in groups.items())
         following = []
         for spec in layer:
+            layer_of[spec] = depth
             for target in feeds[spec]:
                 waiting[target] -= 1
                 if waiting[target] == 0:
                     following.append(target)
-        layer = following
+        layer, depth = following, depth + 1
+    # Fewer groups: a spec joins a later group of its model if it still comes
+    # before everything that reads it (specs only ever move later, so what
+    # reads a spec stays after it).
+    for model_specs in by_model.values():
+        for spec in sorted((s for s in model_specs if s in layer_of), key=layer_of.__getitem__):
+            free = range(layer_of[spec], min((layer_of[target] for target in feeds[spec]), default=depth))
+            layer_of[spec] = max((layer_of[o] for o in model_specs if layer_of.get(o, -1) in free), default=free.start)
+    grouped: dict[tuple[int, type[models.Model]], list[Spec]] = {}
+    for spec in sorted(layer_of, key=layer_of.__getitem__):
+        grouped.setdefault((layer_of[spec], spec.model), []).append(spec)
+    order = [(model, tuple(group)) for (_, model), group in grouped.items()]
+    layers = [depth for depth, _ in grouped]
     ordered = {spec for _, group in order for spec in group}
     cyclic = [spec for spec in specs if spec not in ordered]
     for cycle in _find_cycles(cyclic, feeds):
@@ -573,6 +587,7 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
         )
     graph.specs = tuple(spec for _, group in order for spec in group)
     graph.order = tuple(order)
+    graph.layers = tuple(layers)
     graph.labels = frozenset(s.label for s in graph.specs if s.label is not None)
 
 
@@ -656,6 +671,13 @@ def _index(graph: Graph) -> None:
     for position, (model, _) in enumerate(graph.order):
         first_group.setdefault(model, position)
     graph.model_order = _lock_order(nodes, first_group)
+    # The groups of one layer do not depend on each other: recompute them in
+    # lock order, children first (it keeps the order of the models no
+    # foreign key orders, so model_order stays as it is).
+    walk = sorted(range(len(graph.order)), key=lambda i: (graph.layers[i], graph.model_order[graph.order[i][0]]))
+    graph.order = tuple(graph.order[i] for i in walk)
+    graph.specs = tuple(spec for _, group in graph.order for spec in group)
+    graph.walk_locks = _walk_locks(graph)
     moved: dict[type[models.Model], list[models.ForeignKey]] = defaultdict(list)
     for model, node in nodes.items():
         for foreign_key in model._meta.concrete_fields:
@@ -663,6 +685,39 @@ def _index(graph: Graph) -> None:
                 if foreign_key.remote_field.on_delete not in _KEEPS_OR_CLEARS:
                     moved[foreign_key.related_model._meta.concrete_model].append(foreign_key)
     graph.moved_on_delete = {model: tuple(found) for model, found in moved.items()}
+
+
+def _walk_locks(graph: Graph) -> frozenset[type[models.Model]]:
+    """The models whose rows a flush may lock as it walks ``graph.order``:
+    those of each set of models that paths and foreign keys connect, if
+    the walk meets each of its models once and in ``graph.model_order``.
+
+    Every flush then locks their rows in one sequence, the walk's, which
+    agrees with the order in which a save locks its row and then its parents.
+    """
+    component: dict[type[models.Model], type[models.Model]] = {}
+
+    def find(model: type[models.Model]) -> type[models.Model]:
+        while component.setdefault(model, model) is not model:
+            model = component[model]
+        return model
+
+    for spec in graph.specs:
+        for dep in spec.deps:
+            for hop in dep.hops:
+                component[find(hop.model)] = find(spec.model)
+    for model in graph.nodes:
+        for foreign_key in model._meta.concrete_fields:
+            if foreign_key.many_to_one and foreign_key.related_model._meta.concrete_model in graph.nodes:
+                component[find(foreign_key.related_model._meta.concrete_model)] = find(model)
+    last: dict[type[models.Model], int] = {}
+    out_of_order = set()
+    for model, _ in graph.order:
+        root, place = find(model), graph.model_order[model]
+        if last.get(root, -1) >= place:
+            out_of_order.add(root)
+        last[root] = place
+    return frozenset(model for model, _ in graph.order if find(model) not in out_of_order)
 
 
 # on_delete actions that leave no child pointing at another row.

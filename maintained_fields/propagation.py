@@ -25,7 +25,8 @@ from django.db import DatabaseError, connections, models, transaction
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
-from .writes import chunks, lock_rows, recompute, resolve
+from .writes import chunks, fetch, lock_rows, recompute, resolve
+from .writes import lock as lock_rows_of
 
 logger = logging.getLogger("maintained_fields")
 
@@ -79,7 +80,7 @@ def process(
         size = batch_size or get_config()["BATCH_SIZE"]
         locked: dict[type[models.Model], set[Any]] | None = None
         if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-            locked = _lock_targets(graph, _reach(graph, known, labels, db, batch_size, resolved), db, size)
+            locked = _lock_reach(graph, known, labels, db, batch_size, resolved)
         for (model, specs), targets in zip(graph.order, known):
             if pending:
                 for pk, found in _targets(specs, pending, labels, db, batch_size, resolved).items():
@@ -114,13 +115,13 @@ def process(
 
 def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None:
     """Lock now every row that processing ``records`` may recompute, in the
-    order process() locks them (see :func:`_reach`)."""
+    order process() locks them (see :func:`_lock_reach`)."""
     graph = get_graph()
     pending: Records = {}
     merge(pending, records)
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
     known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
-    _lock_targets(graph, _reach(graph, known, labels, db, None, resolved), db, get_config()["BATCH_SIZE"])
+    _lock_reach(graph, known, labels, db, None, resolved)
 
 
 def _read_committed(db: str) -> None:
@@ -158,16 +159,22 @@ def _targets(
     return targets
 
 
-def _reach(
+def _lock_reach(
     graph: Graph,
     known: list[dict[Any, set[Spec]]],
     labels: frozenset[str] | None,
     db: str,
     size: int | None,
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
-) -> list[set[Any]]:
-    """Per group of ``graph.order``, the rows the work may recompute: the rows
-    known, and the rows downstream of them, as if every value in reach changed."""
+) -> dict[type[models.Model], set[Any]]:
+    """Lock the rows the work may recompute; return them by model.
+
+    They are, per group of ``graph.order``, the rows ``known``, and the rows
+    downstream of them, as if every value in reach changed.  The rows of
+    ``graph.walk_locks`` are locked by the query that reads their links, as
+    the walk meets them; the others after it, model by model in
+    ``graph.model_order``.
+    """
     reach = [set(targets) for targets in known]
     downstream: Records = {}
     for (model, specs), rows in zip(graph.order, reach):
@@ -182,22 +189,37 @@ def _reach(
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & written)
         ]
-        for row in rows_with_links(model, db, rows, links, size):
+        for row in rows_with_links(model, db, rows, links, size, lock=model in graph.walk_locks):
             merge(downstream, records_for(node, row, labels=labels, changed=written))
-    return reach
+    locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
+    rest = [set() if model in graph.walk_locks else rows for (model, _), rows in zip(graph.order, reach)]
+    locked.update(_lock_targets(graph, rest, db, size or get_config()["BATCH_SIZE"]))
+    return locked
 
 
 def rows_with_links(
-    model: type[models.Model], db: str, pks: set[Any], links: Iterable[str], size: int | None = None
+    model: type[models.Model],
+    db: str,
+    pks: set[Any],
+    links: Iterable[str],
+    size: int | None = None,
+    lock: bool = False,
 ) -> list[Any]:
     """The rows ``pks`` with the values of the foreign keys ``links``: the rows
-    that exist, read in batches; with no links, every pk, nothing read."""
-    if not links:
+    that exist, read in batches (locked in primary-key order with ``lock``);
+    with no links and no lock, every pk, nothing read."""
+    links = tuple(links)
+    if not links and not lock:
         return [SimpleNamespace(pk=pk) for pk in pks]
+
+    def query(batch: list[Any]) -> models.QuerySet:
+        rows = models.QuerySet(model, using=db).filter(pk__in=batch)
+        return (lock_rows_of(rows.order_by("pk")) if lock else rows).values_list("pk", *links)
+
     found = []
-    for batch in chunks(pks, size or get_config()["BATCH_SIZE"]):
-        rows = models.QuerySet(model, using=db).filter(pk__in=batch).values("pk", *links)
-        found += [SimpleNamespace(**row) for row in rows]
+    for batch in chunks(sorted(pks) if lock else pks, size or get_config()["BATCH_SIZE"]):
+        rows = fetch(("links", model, links, lock), model, db, batch, query)
+        found += [SimpleNamespace(**dict(zip(("pk", *links), row))) for row in rows]
     return found
 
 

@@ -213,6 +213,16 @@ class TestWrites:
         assert [q for q in queries if q.startswith('UPDATE "testapp_study"')] == []
         assert fresh(study).total_weight == Decimal("3.00")
 
+    def test_fields_of_a_model_that_do_not_read_each_other_are_written_together(self, study, sql):
+        # A new sample changes sample_count, total_weight and summary, which
+        # reads sample_count: the study is written twice, not once per field.
+        with sql() as queries:
+            Sample.objects.create(study=study, name="a", weight=Decimal("1.5"))
+        updates = [q for q in queries if q.startswith('UPDATE "testapp_study"')]
+        assert len(updates) == 2
+        assert "sample_count" in updates[0] and "summary" in updates[1]
+        assert (fresh(study).sample_count, fresh(study).total_weight) == (1, Decimal("1.5"))
+
     def test_decimal_values_are_stored_as_the_field_rounds_them(self, study):
         Sample.objects.create(study=study, name="a", weight=Decimal("0.10"))
         Sample.objects.create(study=study, name="b", weight=Decimal("0.20"))
