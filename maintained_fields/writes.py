@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models
+from django.db.models.functions import Cast
 from django.db.models.sql import Query
 from django.utils import timezone
 
@@ -138,10 +139,77 @@ def recompute(
     for batch in chunks(sorted(targets), size):
         if lock_first:
             lock_rows(model, db, batch, size)
-        expressions = {spec for pk in batch for spec in targets[pk] if spec.expression is not None}
+        specs = {spec for pk in batch for spec in targets[pk]}
+        if connections[db].vendor == "postgresql" and all(spec.expression is not None for spec in specs):
+            changed += update_from_select(model, db, batch, specs)
+            continue
+        expressions = {spec for spec in specs if spec.expression is not None}
         rows, evaluated = read(model, db, batch, expressions)
         changed += update_rows(model, db, rows, lambda row: targets[row.pk], size, evaluated)
     return changed
+
+
+def update_from_select(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
+) -> list[tuple[models.Model, dict[str, Any]]]:
+    """PostgreSQL: recompute the expression ``specs`` on the rows ``pks`` and
+    write the values that changed, in one statement, compiled once per shape:
+    ``UPDATE ... FROM (SELECT the values) ... RETURNING`` the changed rows
+    with their previous values.  Returns what :func:`recompute` returns.
+
+    The rows must be locked already: the SELECT reads as the statement
+    starts, and a wait for a row lock inside it would not read again.
+    """
+    specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
+    connection = connections[db]
+    fields = model._meta.concrete_fields
+    table = model._meta.db_table
+    names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
+
+    def query(pks: list[Any]) -> models.QuerySet:
+        values = {name: _as_stored(spec) for name, spec in names.items()}
+        rows = models.QuerySet(model, using=db).filter(pk__in=pks).annotate(**values)
+        return rows.values_list("pk", *(spec.field.attname for spec in specs), *names)
+
+    def statement(sql: str) -> tuple[str, list[Any]]:
+        quote = connection.ops.quote_name
+        row, new = quote("_maintained_row"), quote("_maintained_new")
+        olds = [f"old_{n}" for n in range(len(specs))]
+        news = [f"new_{n}" for n in range(len(specs))]
+        columns = [quote(spec.field.column) for spec in specs]
+        sets = ", ".join(f"{column} = {new}.{name}" for column, name in zip(columns, news))
+        differs = " OR ".join(f"{row}.{column} IS DISTINCT FROM {new}.{name}" for column, name in zip(columns, news))
+        returned = ", ".join([*(f"{row}.{quote(field.column)}" for field in fields), *(f"{new}.{o}" for o in olds)])
+        return (
+            f"UPDATE {quote(table)} AS {row} SET {sets} FROM ({sql}) AS {new} (pk, {', '.join(olds + news)}) "
+            f"WHERE {row}.{quote(model._meta.pk.column)} = {new}.pk AND ({differs}) RETURNING {returned}",
+            [field.get_col(table) for field in fields] + [spec.field.get_col(table) for spec in specs],
+        )
+
+    attnames = [field.attname for field in fields]
+    changed = []
+    groups: dict[frozenset[str], list[models.Model]] = {}
+    for values in fetch(("update", model, specs), model, db, pks, query, statement):
+        instance = model.from_db(db, attnames, values[: len(fields)])
+        old = {
+            spec.field.attname: stored
+            for spec, stored in zip(specs, values[len(fields) :])
+            if getattr(instance, spec.field.attname) != stored
+        }
+        if old:
+            changed.append((instance, old))
+            groups.setdefault(frozenset(old), []).append(instance)
+    for attnames_changed, instances in groups.items():
+        _announce(model, db, instances, sorted(attnames_changed))
+    return changed
+
+
+def _as_stored(spec: Spec) -> Any:
+    """The expression as its column will store it: a DecimalField's rounded
+    to its places, so that comparing it with the column finds real changes."""
+    if isinstance(spec.field, models.DecimalField):
+        return Cast(spec.annotation(), output_field=spec.field)
+    return spec.annotation()
 
 
 def read(
@@ -163,7 +231,7 @@ def read(
             .values_list(*attnames, *names)
         )
 
-    found = _fetch(("read", model, specs), model, db, pks, query)
+    found = fetch(("read", model, specs), model, db, pks, query)
     width = len(attnames)
     rows = [model.from_db(db, attnames, values[:width]) for values in found]
     evaluated = {
@@ -269,18 +337,21 @@ def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable
             .values_list("pk", *names)
         )
 
-    found = _fetch(("evaluate", model, specs), model, db, pks, query)
+    found = fetch(("evaluate", model, specs), model, db, pks, query)
     return {pk: {spec.field.attname: value for spec, value in zip(specs, values)} for pk, *values in found}
 
 
-def _fetch(
+def fetch(
     key: tuple[Any, ...],
     model: type[models.Model],
     db: str,
     pks: list[Any],
     query: Callable[[list[Any]], models.QuerySet],
+    statement: Callable[[str], tuple[str, list[Any]]] | None = None,
 ) -> list[list[Any]]:
-    """The rows ``query(pks)`` selects, converted as the ORM converts them.
+    """The rows ``query(pks)`` selects, converted as the ORM converts them;
+    with ``statement``, the rows of the statement it makes of the query's
+    SQL, and the expressions that say how to convert each column.
 
     Compiling a query with a subquery per aggregate costs more than running
     it, so its SQL is compiled once per ``key``, database and number of keys,
@@ -293,7 +364,10 @@ def _fetch(
     if compiled is None:
         compiler = query(pks).query.get_compiler(using=db)
         sql, params = compiler.as_sql()
-        converters = compiler.get_converters([column for column, _, _ in compiler.select])
+        columns = [column for column, _, _ in compiler.select]
+        if statement is not None:
+            sql, columns = statement(sql)
+        converters = compiler.get_converters(columns)
         if list(params[len(params) - len(keys) :]) == keys:
             compiled = (sql, list(params[: len(params) - len(keys)]), converters)
             if len(_compiled) > 500:

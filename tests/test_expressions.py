@@ -6,6 +6,7 @@ Python from the rows themselves (tests/expressions/models.py has one model
 per relation kind)."""
 
 import os
+from decimal import Decimal
 
 import pytest
 from django.core import checks
@@ -15,7 +16,7 @@ from django.test.utils import CaptureQueriesContext, isolate_apps
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from maintained_fields import MaintainedModel, maintained, override_autoupdate
+from maintained_fields import MaintainedModel, maintained, maintained_values_written, override_autoupdate
 from maintained_fields.graph import build
 from tests.expressions.models import Crate, Depot, Part, Sticker
 
@@ -223,3 +224,22 @@ def test_a_failed_insert_leaves_the_instance_as_it_was():
     part.name = "pin"
     part.save()
     assert Part.objects.values_list("shout", flat=True).get(pk=part.pk) == "PIN!"
+
+
+def test_a_rounded_value_is_neither_rewritten_nor_reported(sql):
+    crate = Crate.objects.create(depot=Depot.objects.create())
+    parts = [Part.objects.create(crate=crate, weight=weight) for weight in (1, 1, 2)]
+    assert Crate.objects.get(pk=crate.pk).mean_weight == Decimal("1.33")
+    reported = []
+
+    def receiver(sender, pks, fields, **kwargs):
+        reported.append((sender, fields))
+
+    maintained_values_written.connect(receiver)
+    try:
+        with sql() as queries:
+            parts[0].save()  # changes nothing: the crate is recomputed, and 1.333... is 1.33
+    finally:
+        maintained_values_written.disconnect(receiver)
+    assert [q for q in queries if q.startswith('UPDATE "expressions_crate"')] == []
+    assert [sender for sender, _ in reported] == []

@@ -2,7 +2,7 @@
 relation kind, as in tests/drift, so that no path covers for another."""
 
 from django.db import models
-from django.db.models import Count, F, Max, Q, Sum, Value
+from django.db.models import Avg, Count, F, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, Concat, Upper
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
@@ -30,6 +30,12 @@ class Crate(MaintainedModel):
     # Two aggregates over different joins: neither multiplies the other.
     score = maintained(models.IntegerField(default=0), Count("parts") * 100 + Count("stickers"))
     stickers = models.ManyToManyField("Sticker", related_name="crates", blank=True)
+    # Rounded to the column's places when stored (not in the model check:
+    # databases round a last 5 their own ways).
+    mean_weight = maintained(
+        models.DecimalField(max_digits=8, decimal_places=2, null=True),
+        Avg("parts__weight", output_field=models.DecimalField(max_digits=20, decimal_places=10)),
+    )
 
 
 class Part(MaintainedModel):
