@@ -58,7 +58,7 @@ class Dependency:
     path: str
     hops: tuple[Hop, ...]
 
-    @property
+    @cached_property
     def record_indexes(self) -> tuple[int, ...]:
         """Every index that records of this dependency are kept under."""
         return tuple(hop.index for hop in self.hops) + tuple(
