@@ -21,7 +21,7 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for, rows_with_links
-from .writes import evaluate_in_memory, lock_rows, locking, normalize, resolve, with_values
+from .writes import evaluate_in_memory, lock_rows, locking, normalize, resolve, row_expression
 from .writes import lock as lock_rows_of
 
 _OLD = "_maintained_fields_old"
@@ -47,7 +47,7 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
         if added:
             kwargs["update_fields"] = [*update_fields, *added]
             written |= {spec.field.attname for spec in own_row}
-    using = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
+    using = kwargs["using"] = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
     # A write that may move an existing row reads where it was and writes in
     # one transaction, with the row locked: a concurrent move between the two
     # would otherwise leave the parent it came from unknown.
@@ -152,7 +152,7 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
         # Each field holds its expression on the instance's values until insert() swaps it for the row's.
         before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
         for spec in in_insert:
-            setattr(instance, spec.field.attname, with_values(spec.expression, instance))
+            setattr(instance, spec.field.attname, row_expression(spec, instance, using))
         instance.__dict__[_RETURNED] = in_insert
         try:
             save(**kwargs)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.db.models.sql import Query
 from django.utils import timezone
@@ -256,7 +257,7 @@ def locking(db: str) -> bool:
     """Whether rows are locked before they are written, here and now: with
     LOCK_ROWS, on a database that can, inside a transaction."""
     connection = connections[db]
-    return get_config()["LOCK_ROWS"] and connection.features.has_select_for_update and connection.in_atomic_block
+    return connection.features.has_select_for_update and connection.in_atomic_block and get_config()["LOCK_ROWS"]
 
 
 def lock(rows: models.QuerySet, nowait: bool = False) -> models.QuerySet:
@@ -397,47 +398,90 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
     the instance's values, with no table, in one query per batch.  One
     {attname: value} per instance."""
     connection = connections[db]
+    compiled = [own_row_sql(spec, db) for spec in specs]
     results: list[dict[str, Any]] = []
     size = max(1, min(get_config()["BATCH_SIZE"], 500 // max(1, len(specs))))
     for batch in chunks(instances, size):
-        query = Query(type(batch[0]))
-        compiler = query.get_compiler(using=db)
-        selects, params, resolved = [], [], []
+        params: list[Any] = []
+        selects = []
         for position, instance in enumerate(batch):
-            columns = []
-            for spec in specs:
-                expression = with_values(spec.expression, instance).resolve_expression(query, allow_joins=False)
-                sql, more = compiler.compile(expression)
-                columns.append(sql)
-                params += more
-                if position == 0:
-                    resolved.append(expression)
-            selects.append(f"SELECT {position}, " + ", ".join(columns))
+            selects.append(f"SELECT {position}, " + ", ".join(sql for sql, _, _ in compiled))
+            for _, template, _ in compiled:
+                params += own_row_params(template, instance, connection)
         with connection.cursor() as cursor:
             cursor.execute(" UNION ALL ".join(selects), params)
             rows = sorted(cursor.fetchall())
         for _, *values in rows:
             found = {}
-            for spec, expression, value in zip(specs, resolved, values):
-                for convert in connection.ops.get_db_converters(expression) + expression.get_db_converters(connection):
+            for spec, (_, _, (converters, expression)), value in zip(specs, compiled, values):
+                for convert in converters:
                     value = convert(value, expression, connection)
                 found[spec.field.attname] = value
             results.append(found)
     return results
 
 
-def with_values(expression: Any, instance: models.Model) -> Any:
-    """``expression`` with each F() of the row replaced by the instance's value."""
-    meta = instance._meta
+def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any], tuple[list[Any], Any]]:
+    """An own-row expression compiled once per database: its SQL, its
+    parameters with a slot for each value of the row it reads (see
+    :func:`own_row_params`), and how to convert what the database returns."""
+    key = (spec, db)
+    found = _own_row.get(key)
+    if found is None:
+        connection = connections[db]
+        query = Query(spec.model)
+        meta = spec.model._meta
 
-    def value(node: Any) -> Any:
-        if not isinstance(node, models.F):
-            return None
-        names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)
-        field = next(f for f in meta.concrete_fields if f.name in names or f.attname in names)
-        return models.Value(getattr(instance, field.attname), output_field=field)
+        def slot(node: Any) -> Any:
+            if not isinstance(node, models.F):
+                return None
+            names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)
+            return _RowValue(next(f for f in meta.concrete_fields if f.name in names or f.attname in names))
 
-    return rewrite(expression, value)
+        expression = rewrite(spec.expression, slot).resolve_expression(query, allow_joins=False)
+        sql, params = query.get_compiler(using=db).compile(expression)
+        converters = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
+        found = _own_row[key] = (sql, list(params), (converters, expression))
+    return found
+
+
+def own_row_params(params: list[Any], instance: models.Model, connection: Any) -> list[Any]:
+    """``params`` of :func:`own_row_sql` with each slot filled with the instance's value."""
+    return [
+        p.field.get_db_prep_value(getattr(instance, p.field.attname), connection) if isinstance(p, _Slot) else p
+        for p in params
+    ]
+
+
+# {(spec, database): what own_row_sql() returns}
+_own_row: dict[tuple[Spec, str], tuple[str, list[Any], tuple[list[Any], Any]]] = {}
+
+
+class _Slot:
+    """A parameter of compiled SQL that stands for a value of the row."""
+
+    __slots__ = ("field",)
+
+    def __init__(self, field: models.Field) -> None:
+        self.field = field
+
+
+class _RowValue(models.Expression):
+    """A value of the row, left as a parameter slot when compiled."""
+
+    def __init__(self, field: models.Field) -> None:
+        super().__init__(output_field=field)
+        self.column = field
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        return "%s", [_Slot(self.column)]
+
+
+def row_expression(spec: Spec, instance: models.Model, db: str) -> RawSQL:
+    """The own-row expression of ``spec`` on the instance's values, compiled
+    already: an INSERT can take it as a value."""
+    sql, params, _ = own_row_sql(spec, db)
+    return RawSQL(sql, own_row_params(params, instance, connections[db]), output_field=spec.field)
 
 
 def write(
