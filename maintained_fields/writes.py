@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable, Collection, Iterable, Iterator
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -20,7 +21,7 @@ from django.db.models.sql import Query
 from django.utils import timezone
 
 from .conf import get_config
-from .graph import Dependency, Spec, rewrite
+from .graph import Dependency, Spec, get_graph, rewrite
 from .signals import maintained_values_written
 
 T = TypeVar("T")
@@ -141,8 +142,12 @@ def recompute(
         if lock_first:
             lock_rows(model, db, batch, size)
         specs = {spec for pk in batch for spec in targets[pk]}
-        if connections[db].vendor == "postgresql" and all(spec.expression is not None for spec in specs):
+        vendor = connections[db].vendor
+        if vendor == "postgresql" and all(spec.expression is not None for spec in specs):
             changed += update_from_select(model, db, batch, specs)
+            continue
+        if all(spec.settable(vendor) for spec in specs):
+            changed += update_set_wise(model, db, batch, specs, size)
             continue
         expressions = {spec for spec in specs if spec.expression is not None}
         rows, evaluated = read(model, db, batch, expressions)
@@ -202,6 +207,46 @@ def update_from_select(
             groups.setdefault(frozenset(old), []).append(instance)
     for attnames_changed, instances in groups.items():
         _announce(model, db, instances, sorted(attnames_changed))
+    return changed
+
+
+def update_set_wise(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec], size: int
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Recompute the expression ``specs`` on the rows ``pks`` and write the
+    values that changed: one query reads the stored and the computed values
+    (and the row's links, for what follows), and the changed rows are set to
+    their expressions, no model instance made.  Returns what :func:`recompute`
+    returns, each row a namespace of its key, links and new values."""
+    specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
+    links = tuple(sorted(get_graph().nodes[model].up_links))
+    names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
+    attnames = [spec.field.attname for spec in specs]
+
+    def query(pks: list[Any]) -> models.QuerySet:
+        rows = models.QuerySet(model, using=db).filter(pk__in=pks).order_by("pk")
+        rows = rows.annotate(**{name: spec.annotation() for name, spec in names.items()})
+        return rows.values_list("pk", *links, *attnames, *names)
+
+    changed = []
+    groups: dict[frozenset[str], list[Any]] = {}
+    for pk, *values in fetch(("set-wise", model, specs, links), model, db, pks, query):
+        stored, computed = values[len(links) : len(links) + len(specs)], values[len(links) + len(specs) :]
+        old, new = {}, {}
+        for spec, before, after in zip(specs, stored, computed):
+            after = normalize(spec, after)
+            if after != before:
+                old[spec.field.attname], new[spec.field.attname] = before, after
+        if old:
+            row = SimpleNamespace(pk=pk, **dict(zip(links, values)), **new)
+            changed.append((row, old))
+            groups.setdefault(frozenset(old), []).append(row)
+    for written, rows in groups.items():
+        if len(rows) == 1:
+            _update_one(model, db, rows[0], sorted(written))
+            _announce(model, db, rows, sorted(written))
+        else:
+            set_to_expressions(model, db, rows, [spec for spec in specs if spec.field.attname in written], size)
     return changed
 
 
