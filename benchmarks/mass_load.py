@@ -56,13 +56,17 @@ def has_peer():
     return True
 
 
-def setup(database):
-    """Configure Django for a child process, on ``database`` (a settings dict)."""
+def setup(database, peer=True):
+    """Configure Django for a child process, on ``database`` (a settings dict).
+
+    The peer is installed only where it is measured (``peer``): its signal
+    receivers run on every model's save, the floor's too.
+    """
     import django
     from django.conf import settings
 
     apps = ["maintained_fields", "lab", "benchmarks.floor", "benchmarks.expressions"]
-    if has_peer():
+    if peer and has_peer():
         apps = ["django.contrib.contenttypes", "computedfields", *apps, "benchmarks.peer"]
     settings.configure(
         INSTALLED_APPS=apps,
@@ -119,7 +123,7 @@ def correct(models):
 
 def child(variant, rows, database):
     """Load ``rows`` samples as ``variant`` says; print what was measured, as JSON."""
-    setup(database)
+    setup(database, peer=variant.startswith("peer"))
     from contextlib import nullcontext
 
     from django.db import connection
