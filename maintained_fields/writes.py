@@ -157,19 +157,20 @@ def recompute(
 
 def update_from_select(
     model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
-) -> list[tuple[models.Model, dict[str, Any]]]:
+) -> list[tuple[Any, dict[str, Any]]]:
     """PostgreSQL: recompute the expression ``specs`` on the rows ``pks`` and
     write the values that changed, in one statement, compiled once per shape:
-    ``UPDATE ... FROM (SELECT the values) ... RETURNING`` the changed rows
-    with their previous values.  Returns what :func:`recompute` returns.
+    ``UPDATE ... FROM (SELECT the values) ... RETURNING`` the changed rows'
+    keys, links and new values, with their previous values.  Returns what
+    :func:`recompute` returns, each row a namespace.
 
     The rows must be locked already: the SELECT reads as the statement
     starts, and a wait for a row lock inside it would not read again.
     """
     specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
     connection = connections[db]
-    fields = model._meta.concrete_fields
-    table = model._meta.db_table
+    meta = model._meta
+    links = [meta.get_field(attname) for attname in sorted(get_graph().nodes[model].up_links)]
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
 
     def query(pks: list[Any]) -> models.QuerySet:
@@ -185,28 +186,27 @@ def update_from_select(
         columns = [quote(spec.field.column) for spec in specs]
         sets = ", ".join(f"{column} = {new}.{name}" for column, name in zip(columns, news))
         differs = " OR ".join(f"{row}.{column} IS DISTINCT FROM {new}.{name}" for column, name in zip(columns, news))
-        returned = ", ".join([*(f"{row}.{quote(field.column)}" for field in fields), *(f"{new}.{o}" for o in olds)])
+        returned = [meta.pk, *links, *(spec.field for spec in specs)]
+        returning = ", ".join([*(f"{row}.{quote(field.column)}" for field in returned), *(f"{new}.{o}" for o in olds)])
         return (
-            f"UPDATE {quote(table)} AS {row} SET {sets} FROM ({sql}) AS {new} (pk, {', '.join(olds + news)}) "
-            f"WHERE {row}.{quote(model._meta.pk.column)} = {new}.pk AND ({differs}) RETURNING {returned}",
-            [field.get_col(table) for field in fields] + [spec.field.get_col(table) for spec in specs],
+            f"UPDATE {quote(meta.db_table)} AS {row} SET {sets} FROM ({sql}) AS {new} (pk, {', '.join(olds + news)}) "
+            f"WHERE {row}.{quote(meta.pk.column)} = {new}.pk AND ({differs}) RETURNING {returning}",
+            [field.get_col(meta.db_table) for field in [*returned, *(spec.field for spec in specs)]],
         )
 
-    attnames = [field.attname for field in fields]
+    attnames = [spec.field.attname for spec in specs]
     changed = []
-    groups: dict[frozenset[str], list[models.Model]] = {}
+    groups: dict[frozenset[str], list[Any]] = {}
+    width = 1 + len(links)
     for values in fetch(("update", model, specs), model, db, pks, query, statement):
-        instance = model.from_db(db, attnames, values[: len(fields)])
-        old = {
-            spec.field.attname: stored
-            for spec, stored in zip(specs, values[len(fields) :])
-            if getattr(instance, spec.field.attname) != stored
-        }
+        new = dict(zip(attnames, values[width : width + len(specs)]))
+        old = {a: stored for a, stored in zip(attnames, values[width + len(specs) :]) if new[a] != stored}
         if old:
-            changed.append((instance, old))
-            groups.setdefault(frozenset(old), []).append(instance)
-    for attnames_changed, instances in groups.items():
-        _announce(model, db, instances, sorted(attnames_changed))
+            row = SimpleNamespace(pk=values[0], **{f.attname: v for f, v in zip(links, values[1:width])}, **new)
+            changed.append((row, old))
+            groups.setdefault(frozenset(old), []).append(row)
+    for written, rows in groups.items():
+        _announce(model, db, rows, sorted(written))
     return changed
 
 
