@@ -199,5 +199,7 @@ def _path(model: type, lookup: str) -> str:
             return "__".join([*names[:position], "pk"])
         if not found.is_relation or found.related_model is None:
             return "__".join(names[: position + 1])
+        if name == getattr(found, "attname", name) != found.name:  # "study_id": the key the row holds
+            return "__".join([*names[:position], found.name, "pk"])
         current = found.related_model
     return f"{lookup}__pk"
