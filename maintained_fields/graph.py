@@ -20,6 +20,7 @@ from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models import ForeignObjectRel
+from django.db.models.functions import Cast
 
 from .declarations import ATTRIBUTE, declarations_of, expressions_of
 
@@ -82,6 +83,9 @@ class Spec:
     own_row: bool = False
     # The attnames an own-row spec reads; empty: recomputed on every save.
     own_triggers: frozenset[str] = frozenset()
+    # An own-row spec that reads what the write itself sets (the primary
+    # key, auto_now fields, database defaults): computed after the write.
+    after_write: bool = False
     # maintained(): the expression the database computes the value with.
     expression: Any = None
 
@@ -118,7 +122,7 @@ class Spec:
 
     @cached_property
     def _annotation(self) -> Any:
-        return _isolate(self.expression, self.model)
+        return stored_as(self, _isolate(self.expression, self.model))
 
     def annotation(self) -> Any:
         """The expression, each aggregate in it a subquery of its own over the
@@ -137,6 +141,15 @@ class Spec:
 
     def __str__(self) -> str:
         return f"{self.model._meta.label}.{self.field.name}"
+
+
+def stored_as(spec: Spec, expression: Any) -> Any:
+    """``expression`` as ``spec``'s column stores it: a DecimalField's value
+    rounded to its places by the database, as the column rounds it, so that
+    what is computed compares equal to what is stored."""
+    if isinstance(spec.field, models.DecimalField):
+        return Cast(expression, output_field=spec.field)
+    return expression
 
 
 def _isolate(expression: Any, model: type[models.Model]) -> Any:
@@ -526,7 +539,23 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
     spec.own_row = all(len(dep.hops) == 1 for dep in deps)
     if spec.own_row:
         spec.own_triggers = frozenset().union(*(dep.hops[0].triggers for dep in deps))
+        spec.after_write = bool(spec.own_triggers & _set_by_the_write(model))
     return spec
+
+
+def _set_by_the_write(model: type[models.Model]) -> frozenset[str]:
+    """The attnames whose value a save() or INSERT sets: the primary key, auto_now
+    and auto_now_add fields, fields with a database default, generated fields."""
+    meta = model._meta
+    return frozenset(
+        field.attname
+        for field in meta.concrete_fields
+        if field.primary_key
+        or getattr(field, "auto_now", False)
+        or getattr(field, "auto_now_add", False)
+        or getattr(field, "db_default", models.NOT_PROVIDED) is not models.NOT_PROVIDED
+        or getattr(field, "generated", False)
+    )
 
 
 def _order(graph: Graph, specs: list[Spec]) -> None:

@@ -20,6 +20,7 @@ from .conf import get_config
 from .graph import ModelNode, Spec, get_graph
 from .propagation import Records, dispatch, merge, recompute_records, records_for
 from .tracking import (
+    after_the_write,
     changed_attnames,
     compute_own_rows,
     delete_queryset,
@@ -111,8 +112,9 @@ class MaintainedQuerySet(models.QuerySet):
             return super().bulk_create(objs, **options)
         objs = list(objs)
         own_row = own_row_specs(node, scope, None)
+        later = after_the_write(own_row, deferred=False)
         if own_row and objs:
-            compute_own_rows(objs, own_row, self.db)
+            compute_own_rows(objs, [spec for spec in own_row if spec not in later], self.db)
         written: frozenset[str] = frozenset()
         if update_conflicts and update_fields:
             # A conflicting row takes only update_fields: the own-row fields
@@ -133,6 +135,7 @@ class MaintainedQuerySet(models.QuerySet):
                 if obj.pk is None or obj.pk not in before:
                     new = records_for(node, obj, labels=scope.labels, created=True, own_row_done=True)
                     merge(records, new)
+            merge(records, recompute_records(later, [obj.pk for obj in created if obj.pk is not None]))
             unnamed = [obj for obj in created if obj.pk is None]
             if unnamed and ignore_conflicts:
                 # The database did not say which keys it gave: find the rows by

@@ -21,7 +21,7 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for, rows_with_links
-from .writes import evaluate_in_memory, lock_rows, locking, normalize, resolve, row_expression
+from .writes import evaluate_in_memory, lock_rows, locking, normalize, own_row_sql, resolve, row_expression
 from .writes import lock as lock_rows_of
 
 _OLD = "_maintained_fields_old"
@@ -112,7 +112,23 @@ def left_to_insert(instance: models.Model, specs: list[Spec], using: str, kwargs
     if instance.pk is not None or kwargs.get("raw") or not connections[using].features.can_return_columns_from_insert:
         return []
     runs = list(_runs(specs))
-    return runs[-1][1] if runs and runs[-1][0] else []
+    if not runs or not runs[-1][0] or any(own_row_sql(spec, using) is None for spec in runs[-1][1]):
+        return []
+    return runs[-1][1]
+
+
+def after_the_write(own_row: list[Spec], deferred: bool) -> list[Spec]:
+    """The own-row ``own_row`` (in dependency order) computed after the write,
+    by a recompute of the row: those that read what the write sets (the
+    key, auto_now fields), expressions in a deferred scope (the flush
+    computes them in batches), and those that read any of these."""
+    later: list[Spec] = []
+    fields: set[str] = set()
+    for spec in own_row:
+        if spec.after_write or (deferred and spec.expression is not None) or spec.own_triggers & fields:
+            later.append(spec)
+            fields.add(spec.field.attname)
+    return later
 
 
 def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, using: str, fields: Any,
@@ -140,9 +156,7 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
-    # In a deferred scope an expression costs a query per save here, and
-    # nothing per row in the flush's batches: it is left to the flush.
-    later = [s for s in own_row if s.expression is not None] if scope.mode == modes.DEFERRED else []
+    later = after_the_write(own_row, scope.mode == modes.DEFERRED)
     now = [s for s in own_row if s not in later]
     in_insert = left_to_insert(instance, now, using, kwargs) if now else []
     before_insert = now[: len(now) - len(in_insert)]

@@ -16,12 +16,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Cast
 from django.db.models.sql import Query
 from django.utils import timezone
 
 from .conf import get_config
-from .graph import Dependency, Spec, get_graph, rewrite
+from .declarations import references
+from .graph import Dependency, Spec, get_graph, rewrite, stored_as
 from .signals import maintained_values_written
 
 T = TypeVar("T")
@@ -174,7 +174,7 @@ def update_from_select(
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
 
     def query(pks: list[Any]) -> models.QuerySet:
-        values = {name: _as_stored(spec) for name, spec in names.items()}
+        values = {name: spec.annotation() for name, spec in names.items()}
         rows = models.QuerySet(model, using=db).filter(pk__in=pks).annotate(**values)
         return rows.values_list("pk", *(spec.field.attname for spec in specs), *names)
 
@@ -248,14 +248,6 @@ def update_set_wise(
         else:
             set_to_expressions(model, db, rows, [spec for spec in specs if spec.field.attname in written], size)
     return changed
-
-
-def _as_stored(spec: Spec) -> Any:
-    """The expression as its column will store it: a DecimalField's rounded
-    to its places, so that comparing it with the column finds real changes."""
-    if isinstance(spec.field, models.DecimalField):
-        return Cast(spec.annotation(), output_field=spec.field)
-    return spec.annotation()
 
 
 def read(
@@ -439,41 +431,75 @@ _compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any]]] = {}
 
 def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str) -> list[dict[str, Any]]:
     """The values of own-row expression ``specs`` for ``instances`` as they
-    are in memory (saved or not): the database computes each expression on
-    the instance's values, with no table, in one query per batch.  One
-    {attname: value} per instance."""
+    are in memory (saved or not), one {attname: value} per instance.
+
+    The database computes them over a table made of the instances' values
+    (``SELECT ... FROM (SELECT %s AS "name" UNION ALL ...) AS "app_model"``),
+    in one query per batch, compiled once per model and specs.
+    """
     connection = connections[db]
-    compiled = [own_row_sql(spec, db) for spec in specs]
+    head, params, fields, converters = _in_memory_sql(type(instances[0]), tuple(specs), db)
+    quote = connection.ops.quote_name
+    # SQLite's CAST would turn a date's text into a number: its columns take any value as it is.
+    slots = ["%s" if connection.vendor == "sqlite" else f"CAST(%s AS {f.cast_db_type(connection)})" for f in fields]
+    named = (f"{slot} AS {quote(field.column)}" for slot, field in zip(slots, fields))
+    first = ", ".join([f"%s AS {quote('_maintained_n')}", *named])
+    other = ", ".join(["%s", *slots])
     results: list[dict[str, Any]] = []
-    size = max(1, min(get_config()["BATCH_SIZE"], 500 // max(1, len(specs))))
-    for batch in chunks(instances, size):
-        params: list[Any] = []
-        selects = []
+    for batch in chunks(instances, max(1, min(get_config()["BATCH_SIZE"], 900 // (len(fields) + 1)))):
+        values: list[Any] = []
         for position, instance in enumerate(batch):
-            selects.append(f"SELECT {position}, " + ", ".join(sql for sql, _, _ in compiled))
-            for _, template, _ in compiled:
-                params += own_row_params(template, instance, connection)
+            values += [position, *(f.get_db_prep_value(getattr(instance, f.attname), connection) for f in fields)]
+        rows = [first, *[other] * (len(batch) - 1)]
+        table = quote(instances[0]._meta.db_table)
+        sql = f"{head} FROM (SELECT {' UNION ALL SELECT '.join(rows)}) AS {table}"
         with connection.cursor() as cursor:
-            cursor.execute(" UNION ALL ".join(selects), params)
-            rows = sorted(cursor.fetchall())
-        for _, *values in rows:
-            found = {}
-            for spec, (_, _, (converters, expression)), value in zip(specs, compiled, values):
-                for convert in converters:
-                    value = convert(value, expression, connection)
-                found[spec.field.attname] = value
-            results.append(found)
+            cursor.execute(sql, params + values)
+            found = sorted(cursor.fetchall(), key=lambda row: row[0])
+        for _, *computed in found:
+            for position, (functions, expression) in converters.items():
+                for convert in functions:
+                    computed[position] = convert(computed[position], expression, connection)
+            results.append({spec.field.attname: value for spec, value in zip(specs, computed)})
     return results
 
 
-def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any], tuple[list[Any], Any]]:
-    """An own-row expression compiled once per database: its SQL, its
-    parameters with a slot for each value of the row it reads (see
-    :func:`own_row_params`), and how to convert what the database returns."""
-    key = (spec, db)
-    found = _own_row.get(key)
+def _in_memory_sql(
+    model: type[models.Model], specs: tuple[Spec, ...], db: str
+) -> tuple[str, list[Any], list[models.Field], dict[int, Any]]:
+    """For :func:`evaluate_in_memory`: the SELECT list of the expressions over
+    the model's table (its FROM is the caller's), its parameters, the fields
+    the expressions read, and the converters of the values."""
+    key = (model, specs, db)
+    found = _in_memory.get(key)
     if found is None:
-        connection = connections[db]
+        names = {f"_maintained_{spec.field.attname}": stored_as(spec, spec.expression) for spec in specs}
+        rows = models.QuerySet(model, using=db).order_by().annotate(**names).values_list(*names)
+        compiler = rows.query.get_compiler(using=db)
+        sql, params = compiler.as_sql()
+        quote = connections[db].ops.quote_name
+        tail = f" FROM {quote(model._meta.db_table)}"
+        if not sql.endswith(tail):
+            raise ValueError(f"Cannot compute {', '.join(map(str, specs))} before the write: {sql}")
+        head = f"SELECT {quote(model._meta.db_table)}.{quote('_maintained_n')}, {sql[len('SELECT '):-len(tail)]}"
+        read = set().union(*(spec.own_triggers for spec in specs))
+        fields = [field for field in model._meta.concrete_fields if field.attname in read]
+        converters = compiler.get_converters([column for column, _, _ in compiler.select])
+        found = _in_memory[key] = (head, list(params), fields, converters)
+    return found
+
+
+# {(model, specs, database): what _in_memory_sql() returns}
+_in_memory: dict[tuple[Any, ...], tuple[str, list[Any], list[models.Field], dict[int, Any]]] = {}
+
+
+def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any]] | None:
+    """An own-row expression compiled once per database for an INSERT to
+    compute: its SQL and its parameters, with a slot for each value of the
+    row it reads (see :func:`row_expression`).  None if it reads the row
+    otherwise than through F() (a condition, ``When(qty__gt=10)``)."""
+    key = (spec, db)
+    if key not in _own_row:
         query = Query(spec.model)
         meta = spec.model._meta
 
@@ -483,23 +509,18 @@ def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any], tuple[list[Any], A
             names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)
             return _RowValue(next(f for f in meta.concrete_fields if f.name in names or f.attname in names))
 
-        expression = rewrite(spec.expression, slot).resolve_expression(query, allow_joins=False)
-        sql, params = query.get_compiler(using=db).compile(expression)
-        converters = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
-        found = _own_row[key] = (sql, list(params), (converters, expression))
-    return found
-
-
-def own_row_params(params: list[Any], instance: models.Model, connection: Any) -> list[Any]:
-    """``params`` of :func:`own_row_sql` with each slot filled with the instance's value."""
-    return [
-        p.field.get_db_prep_value(getattr(instance, p.field.attname), connection) if isinstance(p, _Slot) else p
-        for p in params
-    ]
+        rewritten = rewrite(spec.expression, slot)
+        if references(rewritten):  # a condition names the row's fields: only a FROM can give them
+            _own_row[key] = None
+        else:
+            expression = stored_as(spec, rewritten).resolve_expression(query, allow_joins=False)
+            sql, params = query.get_compiler(using=db).compile(expression)
+            _own_row[key] = (sql, list(params))
+    return _own_row[key]
 
 
 # {(spec, database): what own_row_sql() returns}
-_own_row: dict[tuple[Spec, str], tuple[str, list[Any], tuple[list[Any], Any]]] = {}
+_own_row: dict[tuple[Spec, str], tuple[str, list[Any]] | None] = {}
 
 
 class _Slot:
@@ -524,9 +545,14 @@ class _RowValue(models.Expression):
 
 def row_expression(spec: Spec, instance: models.Model, db: str) -> RawSQL:
     """The own-row expression of ``spec`` on the instance's values, compiled
-    already: an INSERT can take it as a value."""
-    sql, params, _ = own_row_sql(spec, db)
-    return RawSQL(sql, own_row_params(params, instance, connections[db]), output_field=spec.field)
+    already (see :func:`own_row_sql`): an INSERT can take it as a value."""
+    sql, params = own_row_sql(spec, db)  # type: ignore[misc]
+    connection = connections[db]
+    values = [
+        p.field.get_db_prep_value(getattr(instance, p.field.attname), connection) if isinstance(p, _Slot) else p
+        for p in params
+    ]
+    return RawSQL(sql, values, output_field=spec.field)
 
 
 def write(

@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "tests.drift",
     "tests.expressions",
     "tests.modelcheck",
+    "tests.ownrow",
 ]
 DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("mysql"):

@@ -1,0 +1,66 @@
+"""Own-row expression fields: what they read of the row, one model per case.
+
+From an outside tester's reports: each of these was stored wrong, or failed,
+on at least one database."""
+
+from django.db import models
+from django.db.models import Avg, Case, F, Value, When
+from django.db.models.functions import Cast, Concat
+
+from maintained_fields import MaintainedModel, maintained, maintained_field
+
+
+class Bin(MaintainedModel):
+    """A condition on the row's own field."""
+
+    qty = models.IntegerField(default=0)
+    size = maintained(
+        models.CharField(max_length=5, default=""), Case(When(qty__gt=10, then=Value("big")), default=Value("small"))
+    )
+
+
+class Ticket(MaintainedModel):
+    """The primary key, which the INSERT gives."""
+
+    ref = maintained(models.CharField(max_length=30, null=True), Concat(Value("T-"), Cast("id", models.CharField())))
+
+
+class Event(MaintainedModel):
+    """Fields that save() itself sets."""
+
+    name = models.CharField(max_length=10, default="")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    created_copy = maintained(models.DateTimeField(null=True), F("created"))
+    updated_copy = maintained(models.DateTimeField(null=True), F("updated"))
+
+
+class Slot(MaintainedModel):
+    """A copy of a date and time."""
+
+    at = models.DateTimeField(null=True)
+    at_copy = maintained(models.DateTimeField(null=True), F("at"))
+
+
+class Line(MaintainedModel):
+    """A product rounded to the column's places."""
+
+    qty = models.IntegerField(default=1)
+    price = models.DecimalField(max_digits=8, decimal_places=3, default=0)
+    total = maintained(models.DecimalField(max_digits=10, decimal_places=2, default=0), F("qty") * F("price"))
+    text = models.CharField(max_length=30, default="")
+
+    @maintained_field("text", depends_on=["total"])
+    def compute_text(self):
+        return f"total={self.total}"
+
+
+class Basket(MaintainedModel):
+    avg = maintained(models.DecimalField(max_digits=10, decimal_places=2, null=True), Avg("items__w"))
+
+
+class BasketItem(MaintainedModel):
+    basket = models.ForeignKey(Basket, related_name="items", on_delete=models.CASCADE)
+    w = models.DecimalField(max_digits=8, decimal_places=2)
+    # The key the row holds, named by its column.
+    basket_ref = maintained(models.IntegerField(null=True), F("basket_id"))
