@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Cast
 from django.db.models.sql import Query
 from django.utils import timezone
 
@@ -438,18 +439,18 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
     in one query per batch, compiled once per model and specs.
     """
     connection = connections[db]
-    head, params, fields, converters = _in_memory_sql(type(instances[0]), tuple(specs), db)
+    head, params, fields, slots, converters = _in_memory_sql(type(instances[0]), tuple(specs), db)
     quote = connection.ops.quote_name
-    # SQLite's CAST would turn a date's text into a number: its columns take any value as it is.
-    slots = ["%s" if connection.vendor == "sqlite" else f"CAST(%s AS {f.cast_db_type(connection)})" for f in fields]
-    named = (f"{slot} AS {quote(field.column)}" for slot, field in zip(slots, fields))
+    named = (f"{sql} AS {quote(field.column)}" for field, (sql, _) in zip(fields, slots))
     first = ", ".join([f"%s AS {quote('_maintained_n')}", *named])
-    other = ", ".join(["%s", *slots])
+    other = ", ".join(["%s", *(sql for sql, _ in slots)])
     results: list[dict[str, Any]] = []
     for batch in chunks(instances, max(1, min(get_config()["BATCH_SIZE"], 900 // (len(fields) + 1)))):
         values: list[Any] = []
         for position, instance in enumerate(batch):
-            values += [position, *(f.get_db_prep_value(getattr(instance, f.attname), connection) for f in fields)]
+            values.append(position)
+            for _, template in slots:
+                values += _filled(template, instance, connection)
         rows = [first, *[other] * (len(batch) - 1)]
         table = quote(instances[0]._meta.db_table)
         sql = f"{head} FROM (SELECT {' UNION ALL SELECT '.join(rows)}) AS {table}"
@@ -485,12 +486,32 @@ def _in_memory_sql(
         read = set().union(*(spec.own_triggers for spec in specs))
         fields = [field for field in model._meta.concrete_fields if field.attname in read]
         converters = compiler.get_converters([column for column, _, _ in compiler.select])
-        found = _in_memory[key] = (head, list(params), fields, converters)
+        found = _in_memory[key] = (head, list(params), fields, [_typed(f, compiler) for f in fields], converters)
     return found
 
 
 # {(model, specs, database): what _in_memory_sql() returns}
-_in_memory: dict[tuple[Any, ...], tuple[str, list[Any], list[models.Field], dict[int, Any]]] = {}
+_in_memory: dict[tuple[Any, ...], tuple[str, list[Any], list[models.Field], list[Any], dict[int, Any]]] = {}
+
+
+def _typed(field: models.Field, compiler: Any) -> tuple[str, list[Any]]:
+    """The SQL of a parameter that holds a value of ``field``, typed as the
+    column where the database would not know its type: on PostgreSQL every
+    value (a NULL would be text), on MySQL and MariaDB dates and times (they
+    would come back as text).  SQLite takes values as they are."""
+    vendor = compiler.connection.vendor
+    dates = isinstance(field, (models.DateField, models.TimeField))
+    if vendor == "postgresql" or (vendor == "mysql" and dates):
+        return compiler.compile(Cast(_RowValue(field), output_field=field))
+    return "%s", [_Slot(field)]
+
+
+def _filled(template: list[Any], instance: models.Model, connection: Any) -> list[Any]:
+    """Parameters with each slot filled with the instance's value."""
+    return [
+        p.field.get_db_prep_value(getattr(instance, p.field.attname), connection) if isinstance(p, _Slot) else p
+        for p in template
+    ]
 
 
 def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any]] | None:
@@ -547,12 +568,7 @@ def row_expression(spec: Spec, instance: models.Model, db: str) -> RawSQL:
     """The own-row expression of ``spec`` on the instance's values, compiled
     already (see :func:`own_row_sql`): an INSERT can take it as a value."""
     sql, params = own_row_sql(spec, db)  # type: ignore[misc]
-    connection = connections[db]
-    values = [
-        p.field.get_db_prep_value(getattr(instance, p.field.attname), connection) if isinstance(p, _Slot) else p
-        for p in params
-    ]
-    return RawSQL(sql, values, output_field=spec.field)
+    return RawSQL(sql, _filled(params, instance, connections[db]), output_field=spec.field)
 
 
 def write(

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from maintained_fields import override_autoupdate
-from tests.ownrow.models import Basket, BasketItem, Bin, Event, Line, Slot, Ticket
+from tests.ownrow.models import Basket, BasketItem, Bin, Event, Line, Reading, Slot, Ticket
 
 pytestmark = pytest.mark.django_db
 
@@ -119,3 +119,15 @@ def test_a_foreign_key_read_by_its_column():
     assert BasketItem.objects.get(pk=item.pk).basket_ref == first.pk
     BasketItem.objects.filter(pk=item.pk).update(basket=second)
     assert BasketItem.objects.get(pk=item.pk).basket_ref == second.pk
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_booleans_floats_and_nulls(mode):
+    with override_autoupdate(mode=mode):
+        Reading.objects.bulk_create([Reading(ok=True, value=1.5), Reading(value=None, factor=3.0)])
+        changed = Reading.objects.get(ok=True)
+        changed.ok, changed.value = False, 4.25
+        changed.save()
+    for row in Reading.objects.all():
+        assert row.scaled == (None if row.value is None else row.value * row.factor)
+        assert row.state == ("yes" if row.ok else "no")

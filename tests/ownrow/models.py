@@ -64,3 +64,15 @@ class BasketItem(MaintainedModel):
     w = models.DecimalField(max_digits=8, decimal_places=2)
     # The key the row holds, named by its column.
     basket_ref = maintained(models.IntegerField(null=True), F("basket_id"))
+
+
+class Reading(MaintainedModel):
+    """Booleans, floats and NULLs: types a database names its own way in a cast."""
+
+    ok = models.BooleanField(default=False)
+    value = models.FloatField(null=True)
+    factor = models.FloatField(default=2.0)
+    scaled = maintained(models.FloatField(null=True), F("value") * F("factor"))
+    state = maintained(
+        models.CharField(max_length=3, default=""), Case(When(ok=True, then=Value("yes")), default=Value("no"))
+    )
