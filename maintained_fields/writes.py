@@ -136,14 +136,15 @@ def recompute(
     """
     config = get_config()
     size = size or config["BATCH_SIZE"]
-    lock_first = config["LOCK_ROWS"] and not locked and connections[db].features.has_select_for_update
+    connection = connections[db]
+    lock_first = config["LOCK_ROWS"] and not locked and connection.features.has_select_for_update
+    vendor = connection.vendor
     changed: list[tuple[models.Model, dict[str, Any]]] = []
     # Sorted, so that concurrent writers lock rows in one order and cannot deadlock.
     for batch in chunks(sorted(targets), size):
         if lock_first:
             lock_rows(model, db, batch, size)
         specs = {spec for pk in batch for spec in targets[pk]}
-        vendor = connections[db].vendor
         if vendor == "postgresql" and all(spec.expression is not None for spec in specs):
             changed += update_from_select(model, db, batch, specs)
             continue
@@ -195,20 +196,37 @@ def update_from_select(
             [field.get_col(meta.db_table) for field in [*returned, *(spec.field for spec in specs)]],
         )
 
-    attnames = [spec.field.attname for spec in specs]
-    changed = []
-    groups: dict[frozenset[str], list[Any]] = {}
-    width = 1 + len(links)
-    for values in fetch(("update", model, specs), model, db, pks, query, statement):
-        new = dict(zip(attnames, values[width : width + len(specs)]))
-        old = {a: stored for a, stored in zip(attnames, values[width + len(specs) :]) if new[a] != stored}
-        if old:
-            row = SimpleNamespace(pk=values[0], **{f.attname: v for f, v in zip(links, values[1:width])}, **new)
-            changed.append((row, old))
-            groups.setdefault(frozenset(old), []).append(row)
+    found = fetch(("update", model, specs), model, db, pks, query, statement)
+    width, count = 1 + len(links), len(specs)
+    changed, groups = _changes(
+        ((v[0], v[1:width], v[width + count :], v[width : width + count]) for v in found),
+        [field.attname for field in links],
+        specs,
+    )
     for written, rows in groups.items():
         _announce(model, db, rows, sorted(written))
     return changed
+
+
+def _changes(
+    found: Iterable[tuple[Any, Any, Any, Any]], links: list[str], specs: tuple[Spec, ...]
+) -> tuple[list[tuple[Any, dict[str, Any]]], dict[frozenset[str], list[Any]]]:
+    """From (key, link values, stored values, computed values) per row: each
+    changed row, a namespace of its key, links and new values, with its
+    previous values; and the changed rows grouped by the columns that changed."""
+    changed = []
+    groups: dict[frozenset[str], list[Any]] = {}
+    for pk, linked, stored, computed in found:
+        old, new = {}, {}
+        for spec, before, after in zip(specs, stored, computed):
+            after = normalize(spec, after)
+            if after != before:
+                old[spec.field.attname], new[spec.field.attname] = before, after
+        if old:
+            row = SimpleNamespace(pk=pk, **dict(zip(links, linked)), **new)
+            changed.append((row, old))
+            groups.setdefault(frozenset(old), []).append(row)
+    return changed, groups
 
 
 def update_set_wise(
@@ -229,23 +247,15 @@ def update_set_wise(
         rows = rows.annotate(**{name: spec.annotation() for name, spec in names.items()})
         return rows.values_list("pk", *links, *attnames, *names)
 
-    changed = []
-    groups: dict[frozenset[str], list[Any]] = {}
-    for pk, *values in fetch(("set-wise", model, specs, links), model, db, pks, query):
-        stored, computed = values[len(links) : len(links) + len(specs)], values[len(links) + len(specs) :]
-        old, new = {}, {}
-        for spec, before, after in zip(specs, stored, computed):
-            after = normalize(spec, after)
-            if after != before:
-                old[spec.field.attname], new[spec.field.attname] = before, after
-        if old:
-            row = SimpleNamespace(pk=pk, **dict(zip(links, values)), **new)
-            changed.append((row, old))
-            groups.setdefault(frozenset(old), []).append(row)
+    found = fetch(("set-wise", model, specs, links), model, db, pks, query)
+    width, count = 1 + len(links), len(specs)
+    changed, groups = _changes(
+        ((v[0], v[1:width], v[width : width + count], v[width + count :]) for v in found), list(links), specs
+    )
     for written, rows in groups.items():
+        # One row: its values are known and an UPDATE of values compiles faster.
         if len(rows) == 1:
-            _update_one(model, db, rows[0], sorted(written))
-            _announce(model, db, rows, sorted(written))
+            write(model, db, rows, sorted(written), size)
         else:
             set_to_expressions(model, db, rows, [spec for spec in specs if spec.field.attname in written], size)
     return changed
@@ -418,11 +428,15 @@ def fetch(
     with connection.cursor() as cursor:
         cursor.execute(sql, params + keys)
         rows = [list(row) for row in cursor.fetchall()]
-    if converters:
-        for row in rows:
-            for position, (functions, expression) in converters.items():
-                for convert in functions:
-                    row[position] = convert(row[position], expression, connection)
+    return _converted(rows, converters, connection)
+
+
+def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: Any) -> list[list[Any]]:
+    """``rows`` with each column's database converters applied, as the ORM applies them."""
+    for row in rows:
+        for position, (functions, expression) in converters.items():
+            for convert in functions:
+                row[position] = convert(row[position], expression, connection)
     return rows
 
 
@@ -456,11 +470,8 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
         sql = f"{head} FROM (SELECT {' UNION ALL SELECT '.join(rows)}) AS {table}"
         with connection.cursor() as cursor:
             cursor.execute(sql, params + values)
-            found = sorted(cursor.fetchall(), key=lambda row: row[0])
-        for _, *computed in found:
-            for position, (functions, expression) in converters.items():
-                for convert in functions:
-                    computed[position] = convert(computed[position], expression, connection)
+            found = [list(row[1:]) for row in sorted(cursor.fetchall(), key=lambda row: row[0])]
+        for computed in _converted(found, converters, connection):
             results.append({spec.field.attname: value for spec, value in zip(specs, computed)})
     return results
 
