@@ -126,7 +126,6 @@ def child(variant, rows, database):
     setup(database, peer=variant.startswith("peer"))
     from contextlib import nullcontext
 
-    from django.db import connection
     from lab.loading import load
 
     from maintained_fields import override_autoupdate
@@ -140,6 +139,19 @@ def child(variant, rows, database):
         context = not_computed(recover=True) if how == "recover" else nullcontext()
     else:
         context = override_autoupdate(mode=how or "disabled")
+    def work():
+        with context:  # a deferred scope's flush is part of the load
+            load(*models, labs=10, studies=20, samples=rows // 200)
+
+    measured = measure(work)
+    verdict = correct(models) if schema_name != "plain" and how != "disabled" else None
+    print(json.dumps({**measured, "correct": verdict}))
+
+
+def measure(work):
+    """Run ``work()``: its wall-clock and CPU seconds, and the queries it ran."""
+    from django.db import connection
+
     queries = 0
 
     def count(execute, sql, params, many, context):
@@ -149,11 +161,9 @@ def child(variant, rows, database):
 
     with connection.execute_wrapper(count):
         wall, cpu = time.perf_counter(), time.process_time()
-        with context:
-            load(*models, labs=10, studies=20, samples=rows // 200)
+        work()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    verdict = correct(models) if schema_name != "plain" and how != "disabled" else None
-    print(json.dumps({"wall": wall, "cpu": cpu, "queries": queries, "correct": verdict}))
+    return {"wall": wall, "cpu": cpu, "queries": queries}
 
 
 def database_settings(url, directory):

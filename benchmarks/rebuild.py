@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "example")]
 
-from benchmarks.mass_load import correct, database_settings, empty, schema, setup  # noqa: E402
+from benchmarks.mass_load import correct, database_settings, empty, measure, schema, setup  # noqa: E402
 
 VARIANTS = {
     "rebuild_maintained_fields": ("expression", ["rebuild_maintained_fields", "expressions", "--verbosity", "0"]),
@@ -73,22 +73,11 @@ def reset(name):
 def child(variant, database):
     setup(database, peer=True)
     from django.core.management import call_command
-    from django.db import connection
 
     name, command = VARIANTS[variant]
     reset(name)
-    queries = 0
-
-    def count(execute, sql, params, many, context):
-        nonlocal queries
-        queries += 1
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(count):
-        wall, cpu = time.perf_counter(), time.process_time()
-        call_command(*command)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(json.dumps({"wall": wall, "cpu": cpu, "queries": queries, "correct": correct(schema(name))}))
+    measured = measure(lambda: call_command(*command))
+    print(json.dumps({**measured, "correct": correct(schema(name))}))
 
 
 def run_child(variant, database):
