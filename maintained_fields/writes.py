@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections, models
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
-from django.db.models.sql import Query
+from django.db.models.sql import Query, UpdateQuery
 from django.utils import timezone
 
 from .conf import get_config
@@ -366,10 +366,24 @@ def set_to_expressions(
     """Set the columns of ``specs`` on the rows of ``instances`` to their
     expressions, in one UPDATE per batch: no value travels, and no CASE per row
     as bulk_update() builds."""
-    expressions = {spec.field.attname: spec.annotation() for spec in specs}
+    attnames = tuple(spec.field.attname for spec in specs)
+    connection = connections[db]
     for batch in chunks([instance.pk for instance in instances], size):
-        models.QuerySet(model, using=db).filter(pk__in=batch).update(**expressions)
-    _announce(model, db, instances, [spec.field.attname for spec in specs])
+        key = ("set", model, attnames, db, len(batch))
+        keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in batch]
+        compiled = _compiled.get(key)
+        if compiled is None:
+            query = models.QuerySet(model, using=db).filter(pk__in=batch).query.chain(UpdateQuery)
+            query.add_update_values({spec.field.name: spec.annotation() for spec in specs})
+            sql, params = query.get_compiler(using=db).as_sql()
+            compiled = _keep_compiled(key, sql, list(params), keys, {}, connection)
+            if compiled is None:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                continue
+        with connection.cursor() as cursor:
+            cursor.execute(compiled[0], _with_keys(compiled, keys))
+    _announce(model, db, instances, list(attnames))
 
 
 def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]) -> dict[Any, dict[str, Any]]:
@@ -417,18 +431,48 @@ def fetch(
         if statement is not None:
             sql, columns = statement(sql)
         converters = compiler.get_converters(columns)
-        if list(params[len(params) - len(keys) :]) == keys:
-            compiled = (sql, list(params[: len(params) - len(keys)]), converters)
-            if len(_compiled) > 500:
-                _compiled.clear()
-            _compiled[key] = compiled
-        else:
-            compiled, keys = (sql, list(params), converters), []
-    sql, params, converters = compiled
+        compiled = _keep_compiled(key, sql, list(params), keys, converters, connection)
+        if compiled is None:
+            compiled, keys = (sql, list(params), converters, False), []
     with connection.cursor() as cursor:
-        cursor.execute(sql, params + keys)
+        cursor.execute(compiled[0], _with_keys(compiled, keys))
         rows = [list(row) for row in cursor.fetchall()]
-    return _converted(rows, converters, connection)
+    return _converted(rows, compiled[2], connection)
+
+
+def _keep_compiled(
+    key: tuple[Any, ...],
+    sql: str,
+    params: list[Any],
+    keys: list[Any],
+    converters: dict[int, Any],
+    connection: Any,
+) -> tuple[str, list[Any], dict[int, Any], bool] | None:
+    """Keep compiled SQL whose last parameters are ``keys``, to run again with
+    other keys: (SQL, the parameters before the keys, converters, whether the
+    keys go in as one array).  None if the keys are not its last parameters
+    (the backend put them elsewhere).
+
+    On PostgreSQL ``IN (%s, ..., %s)`` becomes ``= ANY(%s)``: psycopg parses
+    a long statement again on every run, about a millisecond for 500 keys.
+    """
+    if params[len(params) - len(keys) :] != keys:
+        return None
+    array = False
+    if connection.vendor == "postgresql" and not any(isinstance(k, (tuple, list)) for k in keys):
+        listed = f"IN ({', '.join(['%s'] * len(keys))})"
+        at = sql.rfind(listed)
+        if at >= 0 and "%s" not in sql[at + len(listed) :]:
+            sql, array = f"{sql[:at]}= ANY(%s){sql[at + len(listed):]}", True
+    if len(_compiled) > 500:
+        _compiled.clear()
+    compiled = _compiled[key] = (sql, params[: len(params) - len(keys)], converters, array)
+    return compiled
+
+
+def _with_keys(compiled: tuple[str, list[Any], dict[int, Any], bool], keys: list[Any]) -> list[Any]:
+    """The parameters of ``compiled`` SQL (see :func:`_keep_compiled`) run with ``keys``."""
+    return [*compiled[1], keys] if compiled[3] else [*compiled[1], *keys]
 
 
 def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: Any) -> list[list[Any]]:
@@ -441,7 +485,7 @@ def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: An
 
 
 # {(purpose, model, specs, database, number of keys): (SQL, parameters before the keys, converters)}
-_compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any]]] = {}
+_compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any], bool]] = {}
 
 
 def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str) -> list[dict[str, Any]]:
