@@ -211,6 +211,8 @@ class ModelNode:
     related_attnames: frozenset[str] = frozenset()
     # Attnames of foreign keys on this model that paths follow up to a parent.
     up_links: frozenset[str] = frozenset()
+    # {label filter: where a created row's values are recorded} (tracking.created_records).
+    on_insert: dict[frozenset[str] | None, tuple[tuple[Any, str | None], ...]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

@@ -176,18 +176,49 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
             raise
     else:
         save(**kwargs)
-    records = records_for(
-        node,
-        instance,
-        labels=scope.labels,
-        created=adding or old == {},
-        changed=changed_attnames(instance, node, written, old),
-        old=old,
-        own_row_done=True,
-    )
-    if later:
-        merge(records, recompute_records(later, [instance.pk]))
+    if not old and (adding or old == {}):
+        records = created_records(node, instance, scope.labels, later)
+    else:
+        records = records_for(
+            node,
+            instance,
+            labels=scope.labels,
+            created=adding,
+            changed=changed_attnames(instance, node, written, old),
+            old=old,
+            own_row_done=True,
+        )
+        if later:
+            merge(records, recompute_records(later, [instance.pk]))
     dispatch(scope, using, records, (instance,))
+
+
+def created_records(node: ModelNode, instance: models.Model, labels: frozenset[str] | None,
+                    later: list[Spec]) -> Records:
+    """The records for the insert of ``instance``, whose own-row fields save()
+    computed, but for ``later``: what :func:`records_for` gives a created row,
+    from a list of where each value goes, made once per node and label filter
+    (a loader inserts many rows of one model)."""
+    plan = node.on_insert.get(labels)
+    if plan is None:
+        plan = node.on_insert[labels] = tuple(
+            ((dep, hop.record_index), hop.up_link) if hop.kind == REVERSE else ((dep, hop.index), None)
+            for dep, hop in node.saved_edges
+            if labels is None or dep.spec.label in labels
+        )
+    records: Records = {}
+    pk = instance.pk
+    for key, up_link in plan:
+        value = pk if up_link is None else getattr(instance, up_link)
+        if value is not None:
+            found = records.get(key)
+            if found is None:
+                records[key] = {value}
+            else:
+                found.add(value)
+    for spec in later:
+        records.setdefault((spec.itself, 0), set()).add(pk)
+    return records
 
 
 def _read_before(
@@ -276,7 +307,18 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
 def _locks_parents_first(using: str) -> bool:
     """Whether a write here must lock the rows it leads to recompute before it
     writes: on MySQL and MariaDB, inside a transaction, with LOCK_ROWS."""
-    return locking(using) and not connections[using].features.has_select_for_no_key_update
+    may = _may_lock_parents_first.get(using)
+    if may is None:
+        features = connections[using].features
+        may = _may_lock_parents_first[using] = (
+            features.has_select_for_update and not features.has_select_for_no_key_update
+        )
+    return may and locking(using)
+
+
+# {database alias: whether its backend can need _locks_parents_first()}; an
+# alias's backend is fixed, and looking a connection up costs microseconds.
+_may_lock_parents_first: dict[str, bool] = {}
 
 
 def changed_attnames(
