@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ...conf import get_config
 from ...graph import Spec, get_graph
 from ...propagation import Records, merge, process, records_for
-from ...writes import batches, recompute
+from ...writes import lock, locking, recompute
 from ._selection import add_selection_arguments, selected_groups
 
 logger = logging.getLogger("maintained_fields")
@@ -57,8 +57,19 @@ class Command(BaseCommand):
                     disable=True if verbosity == 0 else None,  # None: shown on a terminal only
                 ) as progress:
                     started, changed, group_rows = time.perf_counter(), 0, 0
-                    for batch in batches(pks, size):
-                        changed += self._rebuild(database, label_filter, specs, batch, size, selected, downstream)
+                    last = None
+                    while True:
+                        # Each batch is read, locked and recomputed in a
+                        # transaction of its own: the page query takes the locks.
+                        with transaction.atomic(using=database):
+                            page = pks.order_by("pk") if last is None else pks.order_by("pk").filter(pk__gt=last)
+                            if locking(database):
+                                page = lock(page)
+                            batch = list(page[:size])
+                            if not batch:
+                                break
+                            changed += self._rebuild(database, label_filter, specs, batch, size, selected, downstream)
+                        last = batch[-1]
                         progress.update(len(batch))
                         group_rows += len(batch)
                     rows += group_rows
@@ -88,12 +99,13 @@ class Command(BaseCommand):
         selected: set[Spec],
         downstream: Records,
     ) -> int:
-        """Recompute ``specs`` on the rows ``pks``; add what their changes lead
+        """Recompute ``specs`` on the rows ``pks``, locked already; add what their changes lead
         to outside ``selected`` to ``downstream``; return how many changed."""
         model = specs[0].model
-        with transaction.atomic(using=database):
-            changed = recompute(model, {pk: set(specs) for pk in pks}, database, size)
+        changed = recompute(model, {pk: set(specs) for pk in pks}, database, size, locked=True)
         node = get_graph().nodes[model]
+        if all(dep.spec in selected for dep, _ in node.edges):
+            return len(changed)  # what the changes lead to is rebuilt in its own group
         for instance, old in changed:
             records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
             merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
