@@ -109,12 +109,12 @@ def left_to_insert(instance: models.Model, specs: list[Spec], using: str, kwargs
     """The trailing run of own-row expression ``specs`` that the INSERT of a
     new ``instance`` can compute itself and return (``RETURNING``), at no
     query of its own (see :func:`insert`)."""
-    if instance.pk is not None or kwargs.get("raw") or not connections[using].features.can_return_columns_from_insert:
+    if instance.pk is not None or kwargs.get("raw") or not specs or specs[-1].expression is None:
         return []
-    runs = list(_runs(specs))
-    if not runs or not runs[-1][0] or any(own_row_sql(spec, using) is None for spec in runs[-1][1]):
+    *_, (_, last) = _runs(specs)
+    if not feature(using, "can_return_columns_from_insert") or any(own_row_sql(s, using) is None for s in last):
         return []
-    return runs[-1][1]
+    return last
 
 
 def after_the_write(own_row: list[Spec], deferred: bool) -> list[Spec]:
@@ -307,18 +307,25 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
 def _locks_parents_first(using: str) -> bool:
     """Whether a write here must lock the rows it leads to recompute before it
     writes: on MySQL and MariaDB, inside a transaction, with LOCK_ROWS."""
-    may = _may_lock_parents_first.get(using)
-    if may is None:
-        features = connections[using].features
-        may = _may_lock_parents_first[using] = (
-            features.has_select_for_update and not features.has_select_for_no_key_update
-        )
-    return may and locking(using)
+    return (
+        feature(using, "has_select_for_update")
+        and not feature(using, "has_select_for_no_key_update")
+        and locking(using)
+    )
 
 
-# {database alias: whether its backend can need _locks_parents_first()}; an
-# alias's backend is fixed, and looking a connection up costs microseconds.
-_may_lock_parents_first: dict[str, bool] = {}
+def feature(using: str, name: str) -> Any:
+    """A feature flag of the database ``using``'s backend, looked up once:
+    an alias's backend is fixed, and getting its connection costs microseconds
+    on every save."""
+    try:
+        return _features[using, name]
+    except KeyError:
+        value = _features[using, name] = getattr(connections[using].features, name)
+        return value
+
+
+_features: dict[tuple[str, str], Any] = {}
 
 
 def changed_attnames(
