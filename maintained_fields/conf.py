@@ -16,7 +16,7 @@ from appconf import AppConf
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-MODES = ("immediate", "deferred", "disabled")
+MODES = ("immediate", "deferred", "disabled", "background")
 
 DEFAULTS: dict[str, Any] = {
     # The mode in force outside any override_autoupdate() scope.
@@ -26,6 +26,11 @@ DEFAULTS: dict[str, Any] = {
     # Lock each row before recomputing it, so that concurrent writers cannot
     # both compute from a state that misses the other's rows.
     "LOCK_ROWS": True,
+    # The background mode: the alias in Django's TASKS setting its tasks go
+    # to, their queue and their priority (None: the framework's default).
+    "TASKS_BACKEND": None,
+    "TASKS_QUEUE": None,
+    "TASKS_PRIORITY": None,
 }
 
 
@@ -54,8 +59,25 @@ def validate(value: Any) -> dict[str, Any]:
     if mode not in MODES:
         raise ImproperlyConfigured(
             f"MAINTAINED_FIELDS['DEFAULT_MODE'] is {mode!r}; "
-            "use 'immediate' or 'disabled'."
+            "use 'immediate', 'background' or 'disabled'."
         )
+    for key, where in (("TASKS_BACKEND", "an alias of the TASKS setting"), ("TASKS_QUEUE", "a queue name")):
+        if config[key] is not None and not (isinstance(config[key], str) and config[key]):
+            raise ImproperlyConfigured(
+                f"MAINTAINED_FIELDS[{key!r}] is {config[key]!r}; use {where}, "
+                "or None for the tasks framework's default."
+            )
+    priority = config["TASKS_PRIORITY"]
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not -100 <= priority <= 100):
+        raise ImproperlyConfigured(
+            f"MAINTAINED_FIELDS['TASKS_PRIORITY'] is {priority!r}; use an integer from -100 "
+            "to 100 (the tasks framework's range), or None for its default."
+        )
+    if mode == "background":
+        from .background import framework
+
+        framework()
     size = config["BATCH_SIZE"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ImproperlyConfigured(

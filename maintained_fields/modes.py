@@ -36,7 +36,9 @@ from . import propagation
 from .conf import MODES, get_config
 from .graph import check_labels
 
-IMMEDIATE, DEFERRED, DISABLED = MODES
+IMMEDIATE, DEFERRED, DISABLED, BACKGROUND = MODES
+# The modes that record writes and recompute later.
+RECORDING = (DEFERRED, BACKGROUND)
 
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
@@ -62,7 +64,8 @@ def current_scope() -> Scope:
 
 
 def get_autoupdate_mode() -> str:
-    """Return the mode in force here and now: ``"immediate"``, ``"deferred"`` or ``"disabled"``."""
+    """Return the mode in force here and now: ``"immediate"``, ``"deferred"``,
+    ``"disabled"`` or ``"background"``."""
     scopes = _scopes.get()
     return scopes[-1].mode if scopes else get_config()["DEFAULT_MODE"]
 
@@ -77,8 +80,8 @@ class override_autoupdate:
         with override_autoupdate(mode="deferred"):
             load_spreadsheet(path)
 
-    ``mode`` is ``"immediate"``, ``"deferred"`` or ``"disabled"``; None keeps
-    the mode in force.  ``labels`` limits maintenance in the scope to the
+    ``mode`` is ``"immediate"``, ``"deferred"``, ``"disabled"`` or
+    ``"background"``; None keeps the mode in force.  ``labels`` limits maintenance in the scope to the
     maintained fields with one of these labels; the others behave as disabled.
     ``disable_when`` names a parameter of the decorated function: a call where
     its value is truthy (``dry_run=True``, passed by keyword or position, or
@@ -89,6 +92,11 @@ class override_autoupdate:
     scope, whose buffer it joins.  On an exception the recorded work is
     flushed at once outside a transaction, or on commit inside one; the
     exception propagates unchanged.
+
+    A background scope records as a deferred one does and, as it exits,
+    enqueues the work as tasks of Django's tasks framework: on commit
+    inside a transaction, at once outside one.  Inside a deferred or
+    background scope it joins that scope's buffer.
     """
 
     def __init__(
@@ -103,6 +111,10 @@ class override_autoupdate:
                 f"override_autoupdate(mode={mode!r}): the mode must be one of "
                 f"{', '.join(map(repr, MODES))}, or None to keep the current mode."
             )
+        if mode == BACKGROUND:
+            from .background import framework
+
+            framework()
         if isinstance(labels, str):
             labels = (labels,)
         if labels is not None:
@@ -133,11 +145,12 @@ class override_autoupdate:
         mode = mode or parent.mode
         labels = self.labels if self.labels is not None else parent.labels
         buffer, owns = None, False
-        if mode == DEFERRED:
-            if parent.mode == DEFERRED and parent.buffer is not None:
-                buffer = parent.buffer
-            else:
-                buffer, owns = propagation.Buffer(), True
+        # A deferred scope joins a deferred parent's buffer; a background
+        # scope joins a deferred or background one's: the outer block decides.
+        if mode == DEFERRED and parent.mode == DEFERRED or mode == BACKGROUND and parent.mode in RECORDING:
+            buffer = parent.buffer
+        if mode in RECORDING and buffer is None:
+            buffer, owns = propagation.Buffer(), True
         _scopes.set(_scopes.get() + (Scope(self, mode, labels, buffer, owns),))
 
     def _pop(self) -> Scope:
@@ -171,12 +184,12 @@ class override_autoupdate:
                 raise SynchronousOnlyOperation(message)
             propagation.logger.error(message)
             return
-        propagation.finish(scope.buffer, exc)
+        _finish(scope)(scope.buffer, exc)
 
     async def _aexit(self, exc: BaseException | None) -> None:
         scope = self._pop()
         if scope.owns_buffer and scope.buffer is not None:
-            await sync_to_async(propagation.finish, thread_sensitive=True)(scope.buffer, exc)
+            await sync_to_async(_finish(scope), thread_sensitive=True)(scope.buffer, exc)
 
     def _mode_for_call(self, signature: inspect.Signature | None, args: tuple, kwargs: dict[str, Any]) -> str | None:
         if signature is None:
@@ -299,6 +312,16 @@ class override_autoupdate:
         cls.setUpClass = classmethod(setUpClass)  # type: ignore[assignment]
         cls.setUp = setUp  # type: ignore[method-assign]
         return cls
+
+
+def _finish(scope: Scope) -> Callable[[propagation.Buffer, BaseException | None], None]:
+    """What empties the buffer of ``scope`` as it ends: the deferred flush, or
+    the background mode's hand-over to the tasks framework."""
+    if scope.mode == BACKGROUND:
+        from . import background
+
+        return background.finish
+    return propagation.finish
 
 
 def _in_event_loop() -> bool:

@@ -391,9 +391,12 @@ def dispatch(
 ) -> None:
     if not records:
         return
-    deferred = scope.mode == modes.DEFERRED and scope.buffer is not None
-    if deferred and scope.buffer.add(db, scope.labels, records):
+    if scope.buffer is not None and scope.buffer.add(db, scope.labels, records):
         return
+    if scope.mode == modes.BACKGROUND:
+        from .background import record
+
+        return record(db, scope.labels, records)
     process(db, scope.labels, records, instances=instances)
 
 

@@ -156,7 +156,7 @@ def _save_and_record(instance, save, kwargs, node, scope, using, written, own_ro
     adding = instance._state.adding
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
-    later = after_the_write(own_row, scope.mode == modes.DEFERRED)
+    later = after_the_write(own_row, scope.mode in modes.RECORDING)
     now = [s for s in own_row if s not in later]
     in_insert = left_to_insert(instance, now, using, kwargs) if now else []
     before_insert = now[: len(now) - len(in_insert)]

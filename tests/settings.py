@@ -7,6 +7,7 @@
 import os
 
 import dj_database_url
+import django
 
 SECRET_KEY = "tests"
 USE_TZ = True
@@ -23,6 +24,14 @@ INSTALLED_APPS = [
     "tests.modelcheck",
     "tests.ownrow",
 ]
+# The background mode's tasks: Django's own framework from 6.0, its backport before.
+TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+if TASKS_PACKAGE == "django_tasks":
+    INSTALLED_APPS.append("django_tasks")
+TASKS = {
+    "default": {"BACKEND": f"{TASKS_PACKAGE}.backends.immediate.ImmediateBackend"},
+    "dummy": {"BACKEND": f"{TASKS_PACKAGE}.backends.dummy.DummyBackend"},
+}
 DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")}
 if DATABASES["default"]["ENGINE"].endswith("mysql"):
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}

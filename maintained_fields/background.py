@@ -1,0 +1,179 @@
+"""The background mode: recorded work handed to Django's tasks framework.
+
+Writes in the background mode are recorded as in a deferred scope.  The
+records go to a task (:mod:`maintained_fields.tasks`) when the scope ends, or,
+outside any scope, when the outermost transaction commits; a write in
+autocommit is its own transaction.  Work recorded inside a transaction is
+enqueued only on commit, so a rollback enqueues nothing.  The task runs the
+deferred flush (:func:`~maintained_fields.propagation.process_retrying`) on
+the rows as they are then, which makes it idempotent.
+
+The arguments are JSON: each record names its maintained field, the
+dependency path and the hop, with the keys of the rows there.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, transaction
+
+from .conf import get_config
+from .graph import Dependency, get_graph
+from .propagation import Buffer, Records, merge, process_retrying
+
+logger = logging.getLogger("maintained_fields")
+
+# Keys per task: a large flush is split, each part recomputed on its own.
+KEYS_PER_TASK = 10_000
+
+
+def framework() -> ModuleType:
+    """``django.tasks`` (Django 6.0 and later) or its backport ``django_tasks``;
+    ImproperlyConfigured, saying what to install, where there is neither."""
+    try:
+        from django import tasks
+    except ImportError:
+        try:
+            import django_tasks as tasks
+        except ImportError:
+            raise ImproperlyConfigured(
+                "The 'background' mode hands maintenance to Django's tasks framework, which "
+                "Django 6.0 and later include. On this Django, install its backport: "
+                "pip install django-tasks, and add 'django_tasks' to INSTALLED_APPS."
+            ) from None
+    return tasks
+
+
+def record(db: str, labels: frozenset[str] | None, records: Records) -> None:
+    """Record ``records`` written outside any scope in the background mode:
+    enqueued when the outermost transaction on ``db`` commits, or now in
+    autocommit."""
+    connection = connections[db]
+    if not connection.in_atomic_block:
+        enqueue(db, labels, records)
+        return
+    pending = getattr(connection, "_maintained_fields_pending", None)
+    # A rollback drops the on_commit callback and leaves its buffer behind.
+    if pending is None or not any(callback is pending[1] for _, callback, *_ in connection.run_on_commit):
+        buffer = Buffer()
+        callback = partial(_enqueue_buffer, db, buffer)
+        pending = connection._maintained_fields_pending = (buffer, callback)
+        transaction.on_commit(callback, using=db)
+    if not pending[0].add(db, labels, records):  # taken by a callback that is running
+        enqueue(db, labels, records)
+
+
+def _enqueue_buffer(db: str, buffer: Buffer) -> None:
+    for (_, labels), records in buffer.take().items():
+        enqueue(db, labels, records)
+
+
+def finish(buffer: Buffer, exc: BaseException | None) -> None:
+    """Hand a background scope's buffer to the tasks framework as the scope
+    ends: on commit inside a transaction (a rollback enqueues nothing), at
+    once outside one, exception or not."""
+    for (db, labels), records in buffer.take().items():
+        if connections[db].in_atomic_block:
+            transaction.on_commit(partial(enqueue, db, labels, records), using=db)
+        else:
+            enqueue(db, labels, records)
+
+
+def enqueue(db: str, labels: frozenset[str] | None, records: Records) -> None:
+    """Enqueue the recompute of ``records`` as tasks of at most KEYS_PER_TASK
+    keys each.  If the backend fails, what was not enqueued is recomputed
+    here and now, and a WARNING logged: recorded work is never dropped."""
+    from .tasks import recompute_recorded
+
+    config = get_config()
+    options = {
+        name: config[key]
+        for name, key in (("backend", "TASKS_BACKEND"), ("queue_name", "TASKS_QUEUE"), ("priority", "TASKS_PRIORITY"))
+        if config[key] is not None
+    }
+    parts = encode(records)
+    label_list = sorted(labels) if labels is not None else None
+    for done, part in enumerate(parts):
+        try:
+            recompute_recorded.using(**options).enqueue(db, label_list, part)
+        except Exception as error:
+            logger.warning(
+                "Could not enqueue maintained-field updates on %r (%s: %s); recomputing them now.",
+                db,
+                type(error).__name__,
+                error,
+            )
+            left: Records = {}
+            for other in parts[done:]:
+                merge(left, decode(other))
+            process_retrying(db, labels, left)
+            return
+
+
+def encode(records: Records) -> list[list[list[Any]]]:
+    """``records`` as JSON, split into parts of at most KEYS_PER_TASK keys:
+    each entry ``[model label, field name, path, hop index, [keys]]``."""
+    parts: list[list[list[Any]]] = [[]]
+    size = 0
+    for (dep, index), pks in records.items():
+        spec = dep.spec
+        keys = sorted((_json_key(pk) for pk in pks), key=repr)
+        for start in range(0, len(keys), KEYS_PER_TASK):
+            chunk = keys[start : start + KEYS_PER_TASK]
+            if size and size + len(chunk) > KEYS_PER_TASK:
+                parts.append([])
+                size = 0
+            parts[-1].append([spec.model._meta.label, spec.field.name, dep.path, index, chunk])
+            size += len(chunk)
+    return [part for part in parts if part]
+
+
+def decode(entries: list[list[Any]]) -> Records:
+    """The records :func:`encode` wrote.  An entry whose maintained field or
+    path the graph no longer has (a deploy changed them) is logged and skipped."""
+    specs = {(spec.model._meta.label, spec.field.name): spec for spec in get_graph().specs}
+    records: Records = {}
+    for label, field_name, path, index, keys in entries:
+        spec = specs.get((label, field_name))
+        dep = None
+        if spec is not None:
+            dep = spec.itself if path == "" else next((d for d in spec.deps if d.path == path), None)
+        if dep is None:
+            logger.warning(
+                "A background task names %s.%s through %r, which is no longer maintained; "
+                "skipped. Run rebuild_maintained_fields if the schema changed under pending tasks.",
+                label,
+                field_name,
+                path,
+            )
+            continue
+        field = _key_field(dep, index)
+        records.setdefault((dep, index), set()).update(_python_key(field, key) for key in keys)
+    return records
+
+
+def _key_field(dep: Dependency, index: int) -> Any:
+    """The field whose values key the records of ``dep`` at ``index``."""
+    if index < 0:
+        hop = dep.hops[-index]
+        return dep.hops[-index - 1].model._meta.get_field(hop.parent_key)
+    return dep.hops[index].model._meta.pk
+
+
+def _json_key(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_json_key(part) for part in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # UUID, Decimal, dates: their field's to_python() reads them back
+
+
+def _python_key(field: Any, value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_python_key(part, item) for part, item in zip(field.fields, value))
+    return field.to_python(value)
