@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from types import ModuleType
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 
 from .conf import get_config
@@ -30,23 +28,6 @@ logger = logging.getLogger("maintained_fields")
 
 # Keys per task: a large flush is split, each part recomputed on its own.
 KEYS_PER_TASK = 10_000
-
-
-def framework() -> ModuleType:
-    """``django.tasks`` (Django 6.0 and later) or its backport ``django_tasks``;
-    ImproperlyConfigured, saying what to install, where there is neither."""
-    try:
-        from django import tasks
-    except ImportError:
-        try:
-            import django_tasks as tasks
-        except ImportError:
-            raise ImproperlyConfigured(
-                "The 'background' mode hands maintenance to Django's tasks framework, which "
-                "Django 6.0 and later include. On this Django, install its backport: "
-                "pip install django-tasks, and add 'django_tasks' to INSTALLED_APPS."
-            ) from None
-    return tasks
 
 
 def record(db: str, labels: frozenset[str] | None, records: Records) -> None:

@@ -10,6 +10,7 @@ effect, and a partial dict keeps the other defaults.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 from appconf import AppConf
@@ -32,6 +33,23 @@ DEFAULTS: dict[str, Any] = {
     "TASKS_QUEUE": None,
     "TASKS_PRIORITY": None,
 }
+
+
+def tasks_framework() -> ModuleType:
+    """``django.tasks`` (Django 6.0 and later) or its backport ``django_tasks``;
+    ImproperlyConfigured, saying what to install, where there is neither."""
+    try:
+        from django import tasks
+    except ImportError:
+        try:
+            import django_tasks as tasks
+        except ImportError:
+            raise ImproperlyConfigured(
+                "The 'background' mode hands maintenance to Django's tasks framework, which "
+                "Django 6.0 and later include. On this Django, install its backport: "
+                "pip install django-tasks, and add 'django_tasks' to INSTALLED_APPS."
+            ) from None
+    return tasks
 
 
 def validate(value: Any) -> dict[str, Any]:
@@ -75,9 +93,7 @@ def validate(value: Any) -> dict[str, Any]:
             "to 100 (the tasks framework's range), or None for its default."
         )
     if mode == "background":
-        from .background import framework
-
-        framework()
+        tasks_framework()
     size = config["BATCH_SIZE"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ImproperlyConfigured(

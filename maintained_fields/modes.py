@@ -33,7 +33,7 @@ from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
 
 from . import propagation
-from .conf import MODES, get_config
+from .conf import MODES, get_config, tasks_framework
 from .graph import check_labels
 
 IMMEDIATE, DEFERRED, DISABLED, BACKGROUND = MODES
@@ -112,9 +112,7 @@ class override_autoupdate:
                 f"{', '.join(map(repr, MODES))}, or None to keep the current mode."
             )
         if mode == BACKGROUND:
-            from .background import framework
-
-            framework()
+            tasks_framework()
         if isinstance(labels, str):
             labels = (labels,)
         if labels is not None:

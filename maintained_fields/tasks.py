@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .background import decode, framework
+from .background import decode
+from .conf import tasks_framework
 from .propagation import process_retrying
 
 
-@framework().task()
+@tasks_framework().task()
 def recompute_recorded(database: str, labels: list[str] | None, records: list[list[Any]]) -> int:
     """Recompute what a background scope or transaction recorded, as a
     deferred flush does (same order, locks and retries), on the rows as they

@@ -1,8 +1,8 @@
 """A tasks backend whose broker is down, for the background mode's fallback."""
 
-from maintained_fields.background import framework
+from maintained_fields.conf import tasks_framework
 
-BaseTaskBackend = framework().backends.base.BaseTaskBackend
+BaseTaskBackend = tasks_framework().backends.base.BaseTaskBackend
 
 
 class DownBackend(BaseTaskBackend):

@@ -28,6 +28,8 @@ INSTALLED_APPS = [
 TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
 if TASKS_PACKAGE == "django_tasks":
     INSTALLED_APPS.append("django_tasks")
+# The table of django-tasks-db, whose worker the background tests run on PostgreSQL.
+INSTALLED_APPS.append("django_tasks_db")
 TASKS = {
     "default": {"BACKEND": f"{TASKS_PACKAGE}.backends.immediate.ImmediateBackend"},
     "dummy": {"BACKEND": f"{TASKS_PACKAGE}.backends.dummy.DummyBackend"},

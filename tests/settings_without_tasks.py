@@ -2,5 +2,5 @@
 
 from tests.settings import *  # noqa: F403
 
-INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "django_tasks"]  # noqa: F405
+INSTALLED_APPS = [app for app in INSTALLED_APPS if not app.startswith("django_tasks")]  # noqa: F405
 del TASKS  # noqa: F821

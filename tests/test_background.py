@@ -9,7 +9,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from maintained_fields import get_autoupdate_mode, override_autoupdate
-from maintained_fields.background import framework
+from maintained_fields.conf import tasks_framework
 from tests.testapp.models import Lab, Sample, Study
 
 DUMMY = {"TASKS_BACKEND": "dummy"}
@@ -18,7 +18,7 @@ DUMMY = {"TASKS_BACKEND": "dummy"}
 @pytest.fixture
 def queue():
     """The dummy backend's enqueued results, emptied before and after."""
-    backend = framework().task_backends["dummy"]
+    backend = tasks_framework().task_backends["dummy"]
     backend.clear()
     yield backend.results
     backend.clear()
@@ -214,3 +214,12 @@ def test_with_the_immediate_backend_the_columns_are_right_after_commit(study, dj
             Sample.objects.create(study=study, name="a")
         assert drift() == {study.pk: (0, 1)}
     assert drift() == {}
+
+
+def test_the_check_says_background_columns_are_eventually_consistent(study, settings):
+    from django.core.management import CommandError, call_command
+
+    settings.MAINTAINED_FIELDS = {**DUMMY, "DEFAULT_MODE": "background"}
+    Sample.objects.create(study=study, name="pending")  # its task is in the dummy queue
+    with pytest.raises(CommandError, match=r"\d+ maintained value.*'background'.*queue is empty"):
+        call_command("check_maintained_fields", stdout=__import__("io").StringIO())

@@ -288,3 +288,76 @@ def test_celery_worker_keeps_every_task_in_its_own_mode(celery_worker):
             wrong.append((expected, value))
     assert wrong == [], f"{len(wrong)} tasks saw a mode not their own, e.g. {wrong[:3]}\n{worker.output()}"
     assert failed > REQUESTS // 5
+
+
+# The background mode with a real worker: every write of 2,000 requests under
+# gunicorn is recomputed by a worker process, and the columns must converge.
+# django-tasks-db's worker runs on PostgreSQL; Celery through
+# django-tasks-fennel, on Redis, with the other databases.
+
+
+def pytest_generate_tests(metafunc):
+    if "background" in metafunc.fixturenames:
+        from django.conf import settings
+
+        postgres = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+        metafunc.parametrize("background", ["db"] if postgres else ["celery"], indirect=True)
+
+
+@pytest.fixture
+def background(request, monkeypatch):
+    """The default mode is background in every process started from here on."""
+    if request.param == "celery" and not redis_available():
+        pytest.fail("Celery's broker, Redis, is not running on 127.0.0.1:6379")
+    monkeypatch.setenv("MAINTAINED_FIELDS_BACKGROUND", request.param)
+    return request.param
+
+
+def queue_empty(kind):
+    if kind == "db":
+        from django_tasks_db.models import DBTaskResult
+
+        return not DBTaskResult.objects.filter(status__in=["READY", "RUNNING"]).exists()
+    from celery import Celery
+
+    with Celery(broker=BROKER).connection_for_write() as broker:
+        return broker.default_channel.client.llen("default") == 0
+
+
+def test_background_mode_converges_with_a_real_worker(background, server_db):
+    if background == "celery":
+        from celery import Celery
+
+        Celery(broker=BROKER).connection_for_write().default_channel.client.flushdb()
+        command = [str(BIN / "celery"), "-A", "tests.serverproject", "worker", "--pool", "threads",
+                   "--concurrency", "4", "-Q", "default", "--loglevel", "WARNING", "--without-gossip",
+                   "--without-mingle", "--without-heartbeat"]
+    else:
+        command = [sys.executable, "-m", "django", "db_worker", "--interval", "0.05", "--no-startup-delay"]
+    worker = Server(server_db, command)
+    server = Server(server_db, SERVERS["gunicorn-gthread"]).wait()
+    try:
+        rng = random.Random(11)
+        requests = []
+        for n in range(REQUESTS):
+            action = rng.choice(["create", "create", "move", "delete"])
+            # Creates make samples 1, 2, ...: moves and deletes pick among them.
+            requests.append((f"/write/?action={action}&study={rng.randint(1, 3)}&sample={rng.randint(1, n // 2 + 1)}",
+                             200, "background"))
+        results = fire(server.port, requests)
+        last_request = time.monotonic()
+        wrong = [(req, status, body) for req, status, body in results if status != 200 or body["seen"] != "background"]
+        assert wrong == [], f"{len(wrong)} writes failed or saw another mode, e.g. {wrong[:3]}\n{server.output()}"
+        deadline = last_request + 300
+        while True:
+            drained = queue_empty(background)
+            if drained and django_admin(server_db, "check_maintained_fields", check=False).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"no convergence in 300 s (queue drained: {drained})\n{worker.output()}")
+            time.sleep(0.5)
+        print(f"\nbackground via {background}: {len(results)} writes, right {time.monotonic() - last_request:.1f} s "
+              "after the last one")
+    finally:
+        server.stop()
+        worker.stop()

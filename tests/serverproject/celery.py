@@ -6,3 +6,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.serverproject.settings")
 app = Celery("serverproject")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["tests.serverproject"])
+if os.environ.get("MAINTAINED_FIELDS_BACKGROUND") == "celery":
+    app.autodiscover_tasks(["maintained_fields"])

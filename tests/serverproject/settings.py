@@ -7,6 +7,7 @@ file in WAL mode for a run on SQLite); Celery uses Redis on loopback.
 import os
 
 import dj_database_url
+import django
 
 SECRET_KEY = "server-tests"
 DEBUG = False
@@ -29,3 +30,18 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 LOGGING_CONFIG = None
+
+# The background mode's end-to-end test: every write in the background mode,
+# recomputed by a worker of django-tasks-db ("db") or of Celery through
+# django-tasks-fennel ("celery").
+BACKGROUND = os.environ.get("MAINTAINED_FIELDS_BACKGROUND")
+if BACKGROUND:
+    MAINTAINED_FIELDS = {"DEFAULT_MODE": "background"}
+    if django.VERSION < (6, 0):
+        INSTALLED_APPS.append("django_tasks")
+    if BACKGROUND == "db":
+        INSTALLED_APPS.append("django_tasks_db")
+        TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    else:
+        INSTALLED_APPS.append("django_tasks_fennel")
+        TASKS = {"default": {"BACKEND": "django_tasks_fennel.CeleryBackend"}}

@@ -100,6 +100,22 @@ async def mode_async(request):
     return _report(get_autoupdate_mode())
 
 
+def write(request):
+    """A write in the default mode (the background test sets it): create a
+    sample, move one to another study, or delete one."""
+    action, study = request.GET["action"], int(request.GET["study"])
+    if action == "create":
+        Sample.objects.create(study_id=study, name="written")
+    else:
+        sample = Sample.objects.filter(pk=int(request.GET["sample"])).first()
+        if sample is not None and action == "move":
+            sample.study_id = study
+            sample.save()
+        elif sample is not None:
+            sample.delete()
+    return _report(get_autoupdate_mode())
+
+
 def server_error(request):
     """Django's 500 handler runs after the exception left the view, on the same
     worker: what it reports is what the failed request left behind."""

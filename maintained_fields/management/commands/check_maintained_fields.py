@@ -16,7 +16,8 @@ class Command(BaseCommand):
     help = (
         "List the rows whose stored maintained values differ from what their "
         "methods compute, and fail if there are any. Silent when all is right, "
-        "unless --format json is given."
+        "unless --format json is given. Columns kept in the background mode are "
+        "eventually consistent: run it when the tasks queue is empty."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -62,7 +63,13 @@ class Command(BaseCommand):
         if format == "json":
             self.stdout.write(json.dumps({"drift": drift, "count": len(drift)}, cls=DjangoJSONEncoder, indent=2))
         if drift:
+            pending = (
+                " The default mode is 'background': values whose tasks have not run yet show "
+                "here too, so check again once the tasks queue is empty before repairing."
+                if get_config()["DEFAULT_MODE"] == "background"
+                else ""
+            )
             raise CommandError(
                 f"{len(drift)} maintained value(s) differ from what their methods compute. "
-                "Run 'manage.py rebuild_maintained_fields' to repair them."
+                f"Run 'manage.py rebuild_maintained_fields' to repair them.{pending}"
             )
