@@ -81,7 +81,8 @@ def enqueue(db: str, labels: frozenset[str] | None, records: Records) -> None:
     label_list = sorted(labels) if labels is not None else None
     for done, part in enumerate(parts):
         try:
-            recompute_recorded.using(**options).enqueue(db, label_list, part)
+            # using() checks the backend alias: a wrong one is a failure to enqueue too.
+            (recompute_recorded.using(**options) if options else recompute_recorded).enqueue(db, label_list, part)
         except Exception as error:
             logger.warning(
                 "Could not enqueue maintained-field updates on %r (%s: %s); recomputing them now.",

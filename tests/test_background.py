@@ -223,3 +223,13 @@ def test_the_check_says_background_columns_are_eventually_consistent(study, sett
     Sample.objects.create(study=study, name="pending")  # its task is in the dummy queue
     with pytest.raises(CommandError, match=r"\d+ maintained value.*'background'.*queue is empty"):
         call_command("check_maintained_fields", stdout=__import__("io").StringIO())
+
+
+def test_an_unknown_backend_alias_is_a_failed_enqueue(study, settings, caplog, django_capture_on_commit_callbacks):
+    settings.MAINTAINED_FIELDS = {"TASKS_BACKEND": "nowhere"}
+    with caplog.at_level(logging.WARNING, logger="maintained_fields"):
+        with django_capture_on_commit_callbacks(execute=True):
+            with override_autoupdate(mode="background"):
+                Sample.objects.create(study=study, name="a")
+    assert drift() == {}
+    assert "Could not enqueue" in caplog.text and "nowhere" in caplog.text
