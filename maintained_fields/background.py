@@ -36,8 +36,7 @@ def record(db: str, labels: frozenset[str] | None, records: Records) -> None:
     autocommit."""
     connection = connections[db]
     if not connection.in_atomic_block:
-        enqueue(db, labels, records)
-        return
+        return _outside_atomic(db, labels, records)
     pending = getattr(connection, "_maintained_fields_pending", None)
     # A rollback drops the on_commit callback and leaves its buffer behind.
     if pending is None or not any(callback is pending[1] for _, callback, *_ in connection.run_on_commit):
@@ -62,7 +61,18 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
         if connections[db].in_atomic_block:
             transaction.on_commit(partial(enqueue, db, labels, records), using=db)
         else:
-            enqueue(db, labels, records)
+            _outside_atomic(db, labels, records)
+
+
+def _outside_atomic(db: str, labels: frozenset[str] | None, records: Records) -> None:
+    """In autocommit the rows are committed: enqueue now.  Under manual
+    transaction management (``set_autocommit(False)``) nothing says when the
+    transaction commits, and a worker could read the rows before: recompute
+    here, in the writer's transaction, as immediate mode does."""
+    if connections[db].get_autocommit():
+        enqueue(db, labels, records)
+    else:
+        process_retrying(db, labels, records)
 
 
 def enqueue(db: str, labels: frozenset[str] | None, records: Records) -> None:

@@ -233,3 +233,20 @@ def test_an_unknown_backend_alias_is_a_failed_enqueue(study, settings, caplog, d
                 Sample.objects.create(study=study, name="a")
     assert drift() == {}
     assert "Could not enqueue" in caplog.text and "nowhere" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_manual_transactions_the_writer_recomputes(settings, queue):
+    # Nothing tells when such a transaction commits: a worker could read the rows before it.
+    settings.MAINTAINED_FIELDS = {**DUMMY, "DEFAULT_MODE": "background"}
+    with override_autoupdate(mode="immediate"):
+        study = Study.objects.create(name="Study", lab=Lab.objects.create(name="Lab"))
+    transaction.set_autocommit(False)
+    try:
+        Sample.objects.create(study=study, name="a")
+        assert drift() == {}
+        transaction.commit()
+    finally:
+        transaction.set_autocommit(True)
+    assert queue == []
+    assert drift() == {}
