@@ -22,7 +22,7 @@ from django.db import connections, transaction
 
 from .conf import get_config
 from .graph import Dependency, get_graph
-from .propagation import Buffer, Records, merge, process_retrying
+from .propagation import Buffer, Records, merge, process, process_retrying
 
 logger = logging.getLogger("maintained_fields")
 
@@ -72,7 +72,7 @@ def _outside_atomic(db: str, labels: frozenset[str] | None, records: Records) ->
     if connections[db].get_autocommit():
         enqueue(db, labels, records)
     else:
-        process_retrying(db, labels, records)
+        process(db, labels, records)  # in the user's transaction: no retry, no transaction of its own
 
 
 def enqueue(db: str, labels: frozenset[str] | None, records: Records) -> None:
