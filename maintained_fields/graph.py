@@ -286,7 +286,7 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
     """The hops of ``path`` from ``model``, or _PathError saying what is wrong."""
     names = path.split("__")
     steps: list[tuple[str, Any, type[models.Model], bool]] = []
-    terminal: models.Field | None = None
+    terminal: set[str] | None = None  # the attnames of the field the path ends in
     current = model
     for position, name in enumerate(names):
         if name == "pk":  # as in filter(): the primary key
@@ -319,16 +319,19 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
                     f"{name!r} is a field of {current._meta.label}, not a relation; "
                     "only the last part of a path can be a field"
                 )
-            if not found.concrete:
+            if found.primary_key and hasattr(found, "fields"):  # a composite key: the columns it is made of
+                terminal = {field.attname for field in found.fields}
+            elif not found.concrete:
                 raise _PathError(f"{name!r} of {current._meta.label} is not a database column")
-            terminal = found
+            else:
+                terminal = {found.attname}
 
     def next_forward_link(position: int) -> set[str]:
         if position < len(steps) and steps[position][0] == FORWARD:
             return {steps[position][1].attname}
         return set()
 
-    own = {terminal.attname} if terminal is not None and not steps else next_forward_link(0)
+    own = set(terminal) if terminal is not None and not steps else next_forward_link(0)
     hops = [Hop(0, model, "", OWN, None, None, False, frozenset(own))]
     for index, (kind, relation, related, forward) in enumerate(steps, start=1):
         last = index == len(steps)
@@ -336,7 +339,7 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
         if terminal is None:
             triggers = None
         else:
-            triggers = {terminal.attname} if last else set()
+            triggers = set(terminal) if last else set()
             if kind == REVERSE:
                 triggers.add(relation.attname)
             triggers |= next_forward_link(index)

@@ -80,12 +80,21 @@ class MaintainedQuerySet(models.QuerySet):
             if (node.up_links & written) - new.keys():
                 after = _rows(self.model, self.db, before, (node.up_links & written) - new.keys())
             records: Records = {}
-            moved = {}
+            moved, rekeyed = {}, []
             for pk, old in before.items():
                 row = SimpleNamespace(**{**old, **new, **after.get(pk, {})})
                 row.pk = moved[pk] = _new_pk(self.model, pk, new)
                 merge(records, records_for(node, row, labels=scope.labels, changed=written, old=old))
+                if row.pk != pk:
+                    # Work recorded for the old key (pending in a deferred or
+                    # background scope) finds no row: at the new key, the row
+                    # counts as created, and each of its own fields is recomputed.
+                    merge(records, records_for(node, row, labels=scope.labels, created=True))
+                    rekeyed.append(row.pk)
             merge(records, recompute_records(_overwritten(node, scope, written), moved.values()))
+            if rekeyed:
+                mine = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
+                merge(records, recompute_records(mine, rekeyed))
             dispatch(scope, self.db, records)
         return count
 

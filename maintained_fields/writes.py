@@ -28,6 +28,11 @@ from .signals import maintained_values_written
 T = TypeVar("T")
 
 
+def composite(model: type[models.Model]) -> bool:
+    """Whether the model's primary key is several columns (CompositePrimaryKey)."""
+    return hasattr(model._meta.pk, "fields")
+
+
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
@@ -145,7 +150,7 @@ def recompute(
         if lock_first:
             lock_rows(model, db, batch, size)
         specs = {spec for pk in batch for spec in targets[pk]}
-        if vendor == "postgresql" and all(spec.expression is not None for spec in specs):
+        if vendor == "postgresql" and not composite(model) and all(spec.expression is not None for spec in specs):
             changed += update_from_select(model, db, batch, specs)
             continue
         if all(spec.settable(vendor) for spec in specs):
@@ -369,6 +374,10 @@ def set_to_expressions(
     attnames = tuple(spec.field.attname for spec in specs)
     connection = connections[db]
     for batch in chunks([instance.pk for instance in instances], size):
+        if composite(model):
+            expressions = {spec.field.name: spec.annotation() for spec in specs}
+            models.QuerySet(model, using=db).filter(pk__in=batch).update(**expressions)
+            continue
         key = ("set", model, attnames, db, len(batch))
         keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in batch]
         compiled = _compiled.get(key)
@@ -420,6 +429,8 @@ def fetch(
     it, so its SQL is compiled once per ``key``, database and number of keys,
     and run again with other keys (the last parameters of ``pk__in``).
     """
+    if composite(model):  # the key is several columns: the ORM gives it back as one tuple
+        return [list(row) for row in query(pks)]
     connection = connections[db]
     key = (*key, db, len(pks))
     keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
@@ -644,17 +655,20 @@ def _update_one(model: type[models.Model], db: str, instance: models.Model, attn
     if any(hasattr(field, "get_placeholder") for field in fields):  # a column written through SQL of its own
         models.QuerySet(model, using=db).filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
         return
+    # A composite primary key is its fields' columns, each compared to its value.
+    keys = model._meta.pk.fields if composite(model) else (model._meta.pk,)
     key = (model, db, tuple(attnames))
     sql = _updates.get(key)
     if sql is None:
         quote = connection.ops.quote_name
         columns = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-        sql = _updates[key] = (
-            f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {quote(model._meta.pk.column)} = %s"
-        )
+        where = " AND ".join(f"{quote(field.column)} = %s" for field in keys)
+        sql = _updates[key] = f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {where}"
     params = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in fields]
+    pk = instance.pk if len(keys) > 1 else (instance.pk,)
+    params += [field.get_db_prep_value(value, connection) for field, value in zip(keys, pk)]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, model._meta.pk.get_db_prep_value(instance.pk, connection)])
+        cursor.execute(sql, params)
 
 
 # {(model, database, attnames): UPDATE statement}

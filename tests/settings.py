@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "tests.expressions",
     "tests.modelcheck",
     "tests.ownrow",
+    "tests.composite",
 ]
 # The background mode's tasks: Django's own framework from 6.0, its backport before.
 TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
