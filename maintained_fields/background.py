@@ -95,8 +95,10 @@ def enqueue(db: str, labels: frozenset[str] | None, records: Records) -> None:
             (recompute_recorded.using(**options) if options else recompute_recorded).enqueue(db, label_list, part)
         except Exception as error:
             logger.warning(
-                "Could not enqueue maintained-field updates on %r (%s: %s); recomputing them now.",
+                "Could not enqueue maintained-field updates on database %r through tasks backend %r "
+                "(%s: %s); recomputing them now.",
                 db,
+                options.get("backend", "default"),
                 type(error).__name__,
                 error,
             )

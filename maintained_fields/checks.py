@@ -10,6 +10,7 @@ E006      a model in the graph uses multi-table inheritance
 E007      a model in the graph has a foreign key with a database-level on_delete
 E008      ``maintained_fields`` is not in INSTALLED_APPS
 E009      maintained fields are declared on a proxy model
+E010      the background mode's tasks backend, queue or priority is not usable
 W001      bulk writes through the default manager are not seen
 W002      reverse foreign key ``add(bulk=True)`` is not seen
 ========  ===============================================================
@@ -21,7 +22,9 @@ from typing import Any
 
 from django.apps import apps
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
+from .conf import get_config
 from .graph import NOT_INSTALLED, get_graph
 from .managers import MaintainedQuerySet
 
@@ -77,3 +80,36 @@ def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
     return _in(app_configs, warnings)
+
+
+@checks.register()
+def check_tasks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The background mode's TASKS_BACKEND, TASKS_QUEUE and TASKS_PRIORITY,
+    tried on the task itself, which the framework validates as it would at
+    enqueue time: a mistake there would otherwise show only as a WARNING on
+    each write, and the writers would do the work themselves."""
+    config = get_config()
+    options = {"backend": "TASKS_BACKEND", "queue_name": "TASKS_QUEUE", "priority": "TASKS_PRIORITY"}
+    if config["DEFAULT_MODE"] != "background" and all(config[key] is None for key in options.values()):
+        return []
+    try:
+        from .tasks import recompute_recorded
+    except ImproperlyConfigured as error:
+        return [checks.Error(str(error), id="maintained_fields.E010")]
+    chosen = {}
+    for option, key in options.items():
+        if config[key] is None:
+            continue
+        chosen[option] = config[key]
+        try:
+            recompute_recorded.using(**chosen)
+        except Exception as error:
+            return [
+                checks.Error(
+                    f"MAINTAINED_FIELDS[{key!r}] is {config[key]!r}, which the tasks backend refuses: {error}",
+                    hint="Name an alias of the TASKS setting, a queue in that backend's QUEUES, and a "
+                    "priority it supports; or None for the framework's defaults.",
+                    id="maintained_fields.E010",
+                )
+            ]
+    return []

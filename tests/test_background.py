@@ -250,3 +250,23 @@ def test_under_manual_transactions_the_writer_recomputes(settings, queue):
         transaction.set_autocommit(True)
     assert queue == []
     assert drift() == {}
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [({"TASKS_BACKEND": "nope"}, "TASKS_BACKEND'] is 'nope'"),
+     ({"TASKS_BACKEND": "dummy", "TASKS_QUEUE": "nope"}, "TASKS_QUEUE'] is 'nope'")],
+)
+def test_the_check_names_an_unusable_backend_or_queue(settings, config, named):
+    from maintained_fields.checks import check_tasks
+
+    settings.MAINTAINED_FIELDS = config
+    errors = check_tasks()
+    assert [e.id for e in errors] == ["maintained_fields.E010"] and named in errors[0].msg
+
+
+def test_the_check_accepts_the_test_settings(settings):
+    from maintained_fields.checks import check_tasks
+
+    settings.MAINTAINED_FIELDS = {**DUMMY, "TASKS_QUEUE": "default", "TASKS_PRIORITY": 5}
+    assert check_tasks() == []
