@@ -26,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,8 +50,16 @@ def manage(url, mode, *args):
 
 
 def start(command, url, mode):
-    return subprocess.Popen(command, env=environment(url, mode), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, env=environment(url, mode), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    process.log = log
+    return process
+
+
+def output(process):
+    process.log.seek(0)
+    return process.log.read()[-3000:]
 
 
 def stop(process):
@@ -133,7 +142,10 @@ def one_run(url, mode, requests, seed):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        timings = fire(port, plan(requests, seed))
+        try:
+            timings = fire(port, plan(requests, seed))
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{output(server)}") from None
         last = time.perf_counter()
         latencies = sorted(t for t, _ in timings)
         seen = {body["seen"] for _, body in timings}
