@@ -7,8 +7,9 @@ background mode's worker takes to make the columns right.
 gunicorn (2 gthread workers x 8 threads) serves tests/serverproject, whose
 ``/write/`` view creates a sample, moves one to another study or deletes
 one, in the default mode, which each run sets: ``disabled`` (the floor),
-``immediate``, and ``background`` with django-tasks-db's ``db_worker``
-running beside it.  8 client threads send the requests on loopback.  Each
+``immediate``, and ``background`` with a worker beside it: django-tasks-db's
+``db_worker`` (``--worker db``) or Celery on Redis through django-tasks-fennel
+(``--worker celery``).  8 client threads send the requests on loopback.  Each
 run starts fresh processes; runs are interleaved, the order rotated.  The
 table gives the median over runs of each run's p50 and p99 latency, the
 ratio of p99 to the disabled mode's, and for the background mode the time
@@ -37,11 +38,16 @@ MODES = ["disabled", "immediate", "background"]
 CLIENTS = 8
 
 
+WORKER = "db"  # or "celery": see --worker
+BROKER = "redis://127.0.0.1:6379/13"
+
+
 def environment(url, mode):
-    # django-tasks-db is installed in every run (its table, its backend); the
-    # default mode is the run's.
+    # The worker's backend is installed in every run (django-tasks-db's table
+    # is in every database); the default mode is the run's.
     return {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.serverproject.settings",
-            "PYTHONPATH": str(ROOT), "MAINTAINED_FIELDS_BACKGROUND": "db", "MAINTAINED_FIELDS_DEFAULT_MODE": mode}
+            "PYTHONPATH": str(ROOT), "MAINTAINED_FIELDS_BACKGROUND": WORKER, "MAINTAINED_FIELDS_DEFAULT_MODE": mode,
+            "CELERY_BROKER_URL": BROKER}
 
 
 def manage(url, mode, *args):
@@ -122,14 +128,23 @@ def right(url):
 
 def one_run(url, mode, requests, seed):
     manage(url, mode, "flush", "--no-input")
+    if WORKER == "celery":
+        from celery import Celery
+
+        with Celery(broker=BROKER).connection_for_write() as broker:
+            broker.default_channel.client.flushdb()
     manage(url, mode, "loaddata", "servers")
     port = free_port()
     server = start([str(BIN / "gunicorn"), "tests.serverproject.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
                     "--threads", "8", "--worker-class", "gthread", "--log-level", "warning"], url, mode)
     worker = None
-    if mode == "background":
+    if mode == "background" and WORKER == "db":
         worker = start([sys.executable, "-m", "django", "db_worker", "--interval", "0.05", "--no-startup-delay"],
                        url, mode)
+    elif mode == "background":
+        worker = start([str(BIN / "celery"), "-A", "tests.serverproject", "worker", "--pool", "threads",
+                        "--concurrency", "4", "-Q", "default", "--loglevel", "WARNING", "--without-gossip",
+                        "--without-mingle", "--without-heartbeat"], url, mode)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -172,7 +187,11 @@ def main():
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/mf_bench_background")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", choices=["db", "celery"], default="db",
+                        help="the background mode's worker: django-tasks-db, or Celery on Redis (database 13)")
     args = parser.parse_args()
+    global WORKER
+    WORKER = args.worker
     url = args.database_url
     manage(url, "disabled", "migrate", "--run-syncdb", "--verbosity", "0")
     results = {mode: [] for mode in MODES}
@@ -183,7 +202,7 @@ def main():
             f"{m} p99 {results[m][-1]['p99'] * 1000:.1f} ms" for m in MODES), flush=True)
     floor = statistics.median(r["p99"] for r in results["disabled"])
     print(f"\n{args.requests} writes per run from {CLIENTS} clients, gunicorn 2 gthread workers x 8 threads, "
-          f"{url.split(':', 1)[0]}, median of {args.runs} interleaved runs\n")
+          f"{url.split(':', 1)[0]}, worker {WORKER}, median of {args.runs} interleaved runs\n")
     print(f"{'mode':<12} {'p50 ms':>8} {'p99 ms':>8} {'p99 vs disabled':>16} {'converged s':>12}")
     for mode in MODES:
         p50 = statistics.median(r["p50"] for r in results[mode]) * 1000
