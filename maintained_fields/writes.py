@@ -373,25 +373,20 @@ def set_to_expressions(
     as bulk_update() builds."""
     attnames = tuple(spec.field.attname for spec in specs)
     connection = connections[db]
+
+    def update(pks: list[Any]) -> tuple[str, Any, dict[int, Any]]:
+        query = models.QuerySet(model, using=db).filter(pk__in=pks).query.chain(UpdateQuery)
+        query.add_update_values({spec.field.name: spec.annotation() for spec in specs})
+        return (*query.get_compiler(using=db).as_sql(), {})
+
     for batch in chunks([instance.pk for instance in instances], size):
         if composite(model):
             expressions = {spec.field.name: spec.annotation() for spec in specs}
             models.QuerySet(model, using=db).filter(pk__in=batch).update(**expressions)
             continue
-        key = ("set", model, attnames, db, len(batch))
-        keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in batch]
-        compiled = _compiled.get(key)
-        if compiled is None:
-            query = models.QuerySet(model, using=db).filter(pk__in=batch).query.chain(UpdateQuery)
-            query.add_update_values({spec.field.name: spec.annotation() for spec in specs})
-            sql, params = query.get_compiler(using=db).as_sql()
-            compiled = _keep_compiled(key, sql, list(params), keys, {}, connection)
-            if compiled is None:
-                with connection.cursor() as cursor:
-                    cursor.execute(sql, params)
-                continue
+        sql, params, _ = _keyed(("set", model, attnames), model, db, batch, update)
         with connection.cursor() as cursor:
-            cursor.execute(compiled[0], _with_keys(compiled, keys))
+            cursor.execute(sql, params)
     _announce(model, db, instances, list(attnames))
 
 
@@ -431,24 +426,43 @@ def fetch(
     """
     if composite(model):  # the key is several columns: the ORM gives it back as one tuple
         return [list(row) for row in query(pks)]
-    connection = connections[db]
-    key = (*key, db, len(pks))
-    keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
-    compiled = _compiled.get(key)
-    if compiled is None:
+
+    def select(pks: list[Any]) -> tuple[str, Any, dict[int, Any]]:
         compiler = query(pks).query.get_compiler(using=db)
         sql, params = compiler.as_sql()
         columns = [column for column, _, _ in compiler.select]
         if statement is not None:
             sql, columns = statement(sql)
-        converters = compiler.get_converters(columns)
-        compiled = _keep_compiled(key, sql, list(params), keys, converters, connection)
-        if compiled is None:
-            compiled, keys = (sql, list(params), converters, False), []
+        return sql, params, compiler.get_converters(columns)
+
+    connection = connections[db]
+    sql, params, converters = _keyed(key, model, db, pks, select)
     with connection.cursor() as cursor:
-        cursor.execute(compiled[0], _with_keys(compiled, keys))
+        cursor.execute(sql, params)
         rows = [list(row) for row in cursor.fetchall()]
-    return _converted(rows, compiled[2], connection)
+    return _converted(rows, converters, connection)
+
+
+def _keyed(
+    key: tuple[Any, ...],
+    model: type[models.Model],
+    db: str,
+    pks: list[Any],
+    compile: Callable[[list[Any]], tuple[str, Any, dict[int, Any]]],
+) -> tuple[str, list[Any], dict[int, Any]]:
+    """The SQL, parameters and converters to run the statement ``compile(pks)``
+    makes (its keys the last parameters, from ``pk__in``), compiled once per
+    ``key``, database and number of keys and run again with other keys."""
+    connection = connections[db]
+    key = (*key, db, len(pks))
+    keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
+    compiled = _compiled.get(key)
+    if compiled is None:
+        sql, params, converters = compile(pks)
+        compiled = _keep_compiled(key, sql, list(params), keys, converters, connection)
+        if compiled is None:  # the backend put the keys elsewhere: run it as compiled
+            return sql, list(params), converters
+    return compiled[0], _with_keys(compiled, keys), compiled[2]
 
 
 def _keep_compiled(
@@ -495,7 +509,8 @@ def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: An
     return rows
 
 
-# {(purpose, model, specs, database, number of keys): (SQL, parameters before the keys, converters)}
+# {(purpose, model, specs, database, number of keys):
+#  (SQL, parameters before the keys, converters, whether the keys go in as one array)}
 _compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any], bool]] = {}
 
 
