@@ -211,6 +211,10 @@ class ModelNode:
     related_attnames: frozenset[str] = frozenset()
     # Attnames of foreign keys on this model that paths follow up to a parent.
     up_links: frozenset[str] = frozenset()
+    # Attnames whose change reaches rows that come before the row's own in
+    # lock order (its children, other rows of its model): an immediate write
+    # of them locks that reach before its own row (propagation.lock_first).
+    locks_first: frozenset[str] = frozenset()
     # {label filter: where a created row's values are recorded} (tracking.created_records).
     on_insert: dict[frozenset[str] | None, tuple[tuple[Any, str | None], ...]] = field(default_factory=dict)
 
@@ -712,6 +716,7 @@ def _index(graph: Graph) -> None:
     graph.order = tuple(graph.order[i] for i in walk)
     graph.specs = tuple(spec for _, group in graph.order for spec in group)
     graph.walk_locks = _walk_locks(graph)
+    _mark_locks_first(graph)
     moved: dict[type[models.Model], list[models.ForeignKey]] = defaultdict(list)
     for model, node in nodes.items():
         for foreign_key in model._meta.concrete_fields:
@@ -719,6 +724,35 @@ def _index(graph: Graph) -> None:
                 if foreign_key.remote_field.on_delete not in _KEEPS_OR_CLEARS:
                     moved[foreign_key.related_model._meta.concrete_model].append(foreign_key)
     graph.moved_on_delete = {model: tuple(found) for model, found in moved.items()}
+
+
+def _mark_locks_first(graph: Graph) -> None:
+    """Set each node's ``locks_first``: the tracked attnames whose change
+    reaches, from field to maintained field, a row of a model placed no later
+    than the node's own in ``graph.model_order``, other than the row itself
+    (a lab's name copied by its samples; a sample's weight summed by its
+    study and copied back by the study's other samples)."""
+    reached: dict[tuple[type[models.Model], str], set[type[models.Model]]] = {}
+
+    def reach(model: type[models.Model], attname: str) -> set[type[models.Model]]:
+        key = (model, attname)
+        if key not in reached:
+            reached[key] = found = set()  # a cycle back here adds nothing new
+            node = graph.nodes.get(model)
+            for dep, hop in node.edges if node else ():
+                if hop.triggers is None or attname in hop.triggers:
+                    if hop.index:
+                        found.add(dep.spec.model)
+                    found |= reach(dep.spec.model, dep.spec.field.attname)
+        return reached[key]
+
+    for model, node in graph.nodes.items():
+        place = graph.model_order[model]
+        node.locks_first = frozenset(
+            attname
+            for attname in node.tracked
+            if any(graph.model_order.get(other, place + 1) <= place for other in reach(model, attname))
+        )
 
 
 def _walk_locks(graph: Graph) -> frozenset[type[models.Model]]:

@@ -25,7 +25,9 @@ from .tracking import (
     compute_own_rows,
     delete_queryset,
     lock_before_write,
+    lock_reach_first,
     own_row_specs,
+    reaches_first,
     tracked_before,
 )
 from .writes import chunks, locking
@@ -65,13 +67,16 @@ class MaintainedQuerySet(models.QuerySet):
                 reading = self._chain()
                 reading.query.select_for_update = False
             columns = ("pk", *((node.tracked & written) | node.up_links))
+            new = _plain(node, kwargs)
+            if reaches_first(node, scope, written, self.db):
+                rows = [(SimpleNamespace(**{**old, **new}), old) for old in reading.values(*columns)]
+                lock_reach_first(node, scope, rows, written, self.db, changed=written)
             if locking(self.db) and not reading.query.select_for_update:
                 # The rows first, in key order (the UPDATE would lock them in
                 # scan order), with the values they hold under the lock.
                 reading = _lock(models.QuerySet(self.model, using=self.db).filter(pk__in=reading.values("pk")))
                 reading = reading.order_by("pk")
             before = {row["pk"]: row for row in reading.values(*columns)}
-            new = _plain(node, kwargs)
             lock_before_write(node, [(SimpleNamespace(**{**old, **new}), old) for old in before.values()], self.db)
             count = super().update(**kwargs)
             # The keys written as values are known; the ones written as
@@ -198,6 +203,10 @@ class MaintainedQuerySet(models.QuerySet):
         written |= {spec.field.attname for spec in own_row}
         with _atomic(scope, self.db, moving=bool(node.up_links & written)):
             columns = tracked_before(node, written)
+            if reaches_first(node, scope, written, self.db):
+                unlocked = _rows(self.model, self.db, [obj.pk for obj in objs], columns)
+                rows = [(obj, unlocked[obj.pk]) for obj in objs if obj.pk in unlocked]
+                lock_reach_first(node, scope, rows, written, self.db)
             before = _rows(self.model, self.db, [obj.pk for obj in objs], columns, lock=True)
             lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
             # A plain QuerySet: bulk_update() calls update(), which must not record again.

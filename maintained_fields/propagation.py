@@ -124,6 +124,71 @@ def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None
     _lock_reach(graph, known, labels, db, None, resolved)
 
 
+def lock_first(
+    db: str, labels: frozenset[str] | None, model: type[models.Model], own: Iterable[Any], records: Records
+) -> None:
+    """Lock, before an immediate write changes the rows ``own`` of ``model``,
+    those rows and every row that processing the write's ``records`` may
+    recompute, all in lock order.
+
+    For a write whose change reaches rows that come before its own in that
+    order (a lab renamed, and the samples that copy its name): locking its
+    own row first, as other writes do, would let it hold the lab while
+    waiting for a sample whose writer holds the sample and waits for the lab.
+    The reach is read again under the locks: rows linked into it meanwhile
+    (committed, so visible under READ COMMITTED) are taken too, at once or
+    not at all (NOWAIT).  Where the database gives row locks back with a
+    savepoint (PostgreSQL), a row another writer holds makes the write give
+    back its locks and take them again with the new rows, in order.
+    """
+    graph = get_graph()
+    size = get_config()["BATCH_SIZE"]
+    wanted: dict[type[models.Model], set[Any]] = {model: set(own)}
+    late = _reach_by_model(graph, records, labels, db)
+    gives_back = connections[db].vendor == "postgresql"
+    savepoint = None
+    for _ in range(10):
+        for other, rows in late.items():
+            wanted.setdefault(other, set()).update(rows)
+        savepoint = transaction.savepoint(using=db) if gives_back else None
+        for other in sorted(wanted, key=graph.model_order.__getitem__):
+            lock_rows(other, db, wanted[other], size)
+        late = _late(_reach_by_model(graph, records, labels, db), wanted)
+        try:
+            while late:
+                for other in sorted(late, key=graph.model_order.__getitem__):
+                    lock_rows(other, db, late[other], size, nowait=gives_back)
+                    wanted[other] |= late[other]
+                late = _late(_reach_by_model(graph, records, labels, db), wanted)
+            break
+        except DatabaseError:
+            if savepoint is None:
+                raise
+            transaction.savepoint_rollback(savepoint, using=db)
+    if savepoint is not None:
+        transaction.savepoint_commit(savepoint, using=db)
+
+
+def _late(found: dict[type[models.Model], set[Any]], wanted: dict[type[models.Model], set[Any]]) -> dict:
+    """The rows of ``found`` not in ``wanted``, by model."""
+    late = {model: rows - wanted.get(model, set()) for model, rows in found.items()}
+    return {model: rows for model, rows in late.items() if rows}
+
+
+def _reach_by_model(
+    graph: Graph, records: Records, labels: frozenset[str] | None, db: str
+) -> dict[type[models.Model], set[Any]]:
+    """The rows processing ``records`` may recompute, by model, read without locks."""
+    pending: Records = {}
+    merge(pending, records)
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+    known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
+    by_model: dict[type[models.Model], set[Any]] = {}
+    for (model, _), rows in zip(graph.order, _walk_reach(graph, known, labels, db, None, resolved, lock=False)):
+        by_model.setdefault(model, set()).update(rows)
+    return by_model
+
+
 def _read_committed(db: str) -> None:
     connection = connections[db]
     if connection.vendor in ("postgresql", "mysql"):
@@ -167,14 +232,31 @@ def _lock_reach(
     size: int | None,
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
 ) -> dict[type[models.Model], set[Any]]:
-    """Lock the rows the work may recompute; return them by model.
+    """Lock the rows the work may recompute (:func:`_walk_reach`); return them by model.
 
-    They are, per group of ``graph.order``, the rows ``known``, and the rows
-    downstream of them, as if every value in reach changed.  The rows of
-    ``graph.walk_locks`` are locked by the query that reads their links, as
-    the walk meets them; the others after it, model by model in
-    ``graph.model_order``.
+    The rows of ``graph.walk_locks`` are locked by the query that reads
+    their links, as the walk meets them; the others after it, model by
+    model in ``graph.model_order``.
     """
+    reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True)
+    locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
+    rest = [set() if model in graph.walk_locks else rows for (model, _), rows in zip(graph.order, reach)]
+    locked.update(_lock_targets(graph, rest, db, size or get_config()["BATCH_SIZE"]))
+    return locked
+
+
+def _walk_reach(
+    graph: Graph,
+    known: list[dict[Any, set[Spec]]],
+    labels: frozenset[str] | None,
+    db: str,
+    size: int | None,
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
+    lock: bool,
+) -> list[set[Any]]:
+    """Per group of ``graph.order``, the rows ``known`` and the rows
+    downstream of them, as if every value in reach changed; with ``lock``,
+    the rows of ``graph.walk_locks`` locked as they are read."""
     reach = [set(targets) for targets in known]
     downstream: Records = {}
     for (model, specs), rows in zip(graph.order, reach):
@@ -189,12 +271,9 @@ def _lock_reach(
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & written)
         ]
-        for row in rows_with_links(model, db, rows, links, size, lock=model in graph.walk_locks):
+        for row in rows_with_links(model, db, rows, links, size, lock=lock and model in graph.walk_locks):
             merge(downstream, records_for(node, row, labels=labels, changed=written))
-    locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
-    rest = [set() if model in graph.walk_locks else rows for (model, _), rows in zip(graph.order, reach)]
-    locked.update(_lock_targets(graph, rest, db, size or get_config()["BATCH_SIZE"]))
-    return locked
+    return reach
 
 
 def rows_with_links(

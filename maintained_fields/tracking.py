@@ -20,7 +20,16 @@ from django.db.models import signals
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
-from .propagation import Records, dispatch, lock_reach, merge, recompute_records, records_for, rows_with_links
+from .propagation import (
+    Records,
+    dispatch,
+    lock_first,
+    lock_reach,
+    merge,
+    recompute_records,
+    records_for,
+    rows_with_links,
+)
 from .writes import evaluate_in_memory, lock_rows, locking, normalize, own_row_sql, resolve, row_expression
 from .writes import lock as lock_rows_of
 
@@ -154,6 +163,10 @@ def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | 
 
 def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
     adding = instance._state.adding
+    if not adding and reaches_first(node, scope, written, using):
+        before = _read_before(instance, node, using, written, refresh=False)
+        if before:
+            lock_reach_first(node, scope, [(instance, before)], written, using)
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
     later = after_the_write(own_row, scope.mode in modes.RECORDING)
@@ -268,6 +281,40 @@ def tracked_before(node: ModelNode, written: frozenset[str] | None) -> frozenset
         return node.tracked
     columns = node.tracked & written
     return columns | node.up_links if columns else columns
+
+
+def reaches_first(node: ModelNode, scope: modes.Scope, written: frozenset[str] | None, using: str) -> bool:
+    """Whether an immediate write of ``written`` (None: every field) may
+    change fields whose reach must be locked before the row itself
+    (``node.locks_first``); :func:`lock_reach_first` tells for sure."""
+    return (
+        scope.mode == modes.IMMEDIATE
+        and bool(node.locks_first if written is None else node.locks_first & written)
+        and locking(using)
+    )
+
+
+def lock_reach_first(
+    node: ModelNode,
+    scope: modes.Scope,
+    rows: list[tuple[Any, dict[str, Any]]],
+    written: frozenset[str] | None,
+    using: str,
+    changed: frozenset[str] | None = None,
+) -> None:
+    """Before an immediate write of ``rows`` (each an instance or row with
+    the values it holds, read unlocked), lock the rows and the reach of
+    their change in lock order, if the change reaches rows that come before
+    them (see :func:`propagation.lock_first`).  ``changed``: what the write
+    changes in every row, where the rows cannot tell (an update())."""
+    records: Records = {}
+    for row, old in rows:
+        if changed is None:
+            changed = changed_attnames(row, node, written, old)
+        if changed & node.locks_first:
+            merge(records, records_for(node, row, labels=scope.labels, changed=changed, old=old))
+    if records:
+        lock_first(using, scope.labels, node.model, [old.get("pk", row.pk) for row, old in rows], records)
 
 
 def lock_parents(instance: Any, node: ModelNode, old: dict[str, Any] | None, using: str) -> None:
@@ -403,6 +450,10 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
         return
     node = get_graph().node(sender)
     written = attnames_of(instance, update_fields)
+    if not instance._state.adding and reaches_first(node, scope, written, using):
+        before = _read_before(instance, node, using, written, refresh=False)
+        if before:
+            lock_reach_first(node, scope, [(instance, before)], written, using)
     old = _read_before(instance, node, using, written, refresh=False)
     lock_parents(instance, node, old, using)
     instance.__dict__[_OLD] = (instance._state.adding, written, old)

@@ -10,6 +10,8 @@ with DATABASE_URL naming the database to write to.  ROLE is
   random study with save(), 15% a delete, 10% a change of weight;
 - ``bulk``: QuerySet.update() moves of a few samples, and bulk_create();
 - ``links``: many-to-many adds and removes between the studies and tags;
+- ``renames``: renames of the lab and the studies, which flow down to every
+  sample's copy of their names (QuerySet.update() and save(), in turn);
 - ``plain``: the same writes as ``immediate``, with the package disabled (the
   baseline the benchmark compares with).
 
@@ -87,7 +89,7 @@ def work(role, seed, operations, start_at):
     from django.db import DatabaseError, connection
 
     from maintained_fields import override_autoupdate
-    from tests.testapp.models import Sample, Study, Tag
+    from tests.testapp.models import Lab, Sample, Study, Tag
 
     retries = []
 
@@ -144,6 +146,17 @@ def work(role, seed, operations, start_at):
 
     tags = list(Tag.objects.order_by("pk"))
 
+    def one_rename():
+        name = f"r{seed}-{done}"
+        if done % 2:
+            Lab.objects.filter(pk=rng.choice(labs)).update(name=name)
+        else:
+            study = Study.objects.get(pk=rng.choice(studies))
+            study.name = name
+            study.save()
+
+    labs = list(Lab.objects.order_by("pk").values_list("pk", flat=True))
+
     def one_link():
         study = Study.objects.get(pk=rng.choice(studies))
         if rng.random() < 0.6:
@@ -154,10 +167,12 @@ def work(role, seed, operations, start_at):
     if os.environ.get("ISOLATION"):
         # Under REPEATABLE READ and SERIALIZABLE a transaction of the user's
         # own may fail to serialize; the user retries it, as the docs say.
-        one_write, one_bulk_write, one_link = (_retried(write, rng) for write in (one_write, one_bulk_write, one_link))
+        one_write, one_bulk_write, one_link, one_rename = (
+            _retried(write, rng) for write in (one_write, one_bulk_write, one_link, one_rename)
+        )
 
-    if role in ("bulk", "links"):
-        write = one_bulk_write if role == "bulk" else one_link
+    if role in ("bulk", "links", "renames"):
+        write = {"bulk": one_bulk_write, "links": one_link, "renames": one_rename}[role]
         while done < operations:
             write()
             done += 1
