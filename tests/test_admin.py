@@ -1,5 +1,7 @@
 """Curators editing in the admin: values stay right, and can be repaired there."""
 
+import re
+
 import pytest
 
 from maintained_fields import override_autoupdate
@@ -49,3 +51,14 @@ def test_recompute_action(admin_client, lab):
     assert "Recomputed the maintained fields of 1 study." in response.content.decode()
     assert fresh(study).sample_count == 1
     assert fresh(lab).sample_total == 1
+
+
+def test_maintained_fields_are_read_only_in_declaration_order(admin_client, study):
+    page = admin_client.get(f"/admin/testapp/study/{study.pk}/change/").content.decode()
+    shown = re.findall(r'class="form-row field-(\w+)', page)
+    # StudyAdmin's own readonly_fields ("slug") first, then Study's other
+    # maintained fields as the model declares them.
+    assert shown[shown.index("slug"):] == [
+        "slug", "sample_count", "total_weight", "aliquot_volume", "tag_names", "project_names", "summary"
+    ]
+
