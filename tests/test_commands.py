@@ -1,5 +1,6 @@
 """rebuild_maintained_fields repairs; check_maintained_fields reports and fails."""
 
+import logging
 import re
 from decimal import Decimal
 from io import StringIO
@@ -151,3 +152,85 @@ def test_a_rebuild_recomputes_each_row_once(targets, lab, monkeypatch):
     lab.refresh_from_db()
     assert lab.sample_total == 40
     assert {sample.study_name for sample in Sample.objects.all()} == {study.name for study in studies}
+
+
+class Terminal(StringIO):
+    """Output that says it is a terminal, as a shell's stdout and stderr do."""
+
+    def isatty(self):
+        return True
+
+
+def screen(output):
+    """The lines a terminal shows after ``output``: a carriage return goes
+    back to the start of the line, later characters overwrite earlier ones."""
+    lines, column = [[]], 0
+    for char in output:
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            lines.append([])
+            column = 0
+        else:
+            line = lines[-1]
+            line[column:column + 1] = [char]
+            column += 1
+    return ["".join(line).rstrip() for line in lines if "".join(line).strip()]
+
+
+def test_progress_bar_is_plain_and_log_lines_stay_whole(stale, monkeypatch):
+    from django.core.management.color import color_style
+
+    from maintained_fields.management.commands.rebuild_maintained_fields import Command
+
+    study, other = stale
+    compute = Study.compute_sample_count
+
+    def logging_compute(self):  # a method that logs, as methods do
+        logging.getLogger("tests.testapp").warning("Counting the samples of %s.", self.name)
+        return compute(self)
+
+    monkeypatch.setattr(Study, "compute_sample_count", logging_compute)
+    terminal = Terminal()
+    # What a shell gives manage.py: stdout and stderr on a colour terminal.
+    command = Command(stdout=Terminal(), stderr=terminal, force_color=True)
+    assert command.stderr.style_func("x") == color_style(force_color=True).ERROR("x") != "x"
+    handler = logging.StreamHandler(terminal)  # a console handler, as LOGGING configures one
+    logging.root.addHandler(handler)
+    logging.getLogger("maintained_fields").setLevel(logging.INFO)
+    try:
+        call_command(command, "testapp.Sample", "testapp.Study")
+    finally:
+        logging.root.removeHandler(handler)
+        logging.getLogger("maintained_fields").setLevel(logging.NOTSET)
+    output = terminal.getvalue()
+    assert "\x1b[" not in output  # no colour, no style: a plain bar
+    shown = screen(output)
+    bars = [line for line in shown if line.startswith("testapp.")]
+    logged = [line for line in shown if not line.startswith("testapp.")]
+    # One finished bar per group of fields, "Model (fields): 100%|...| rows/rows ...".
+    finished = [re.fullmatch(r"(testapp\.\w+) \((.*)\): 100%\|#+\| (\d+)/(\d+) .*", bar) for bar in bars]
+    assert all(finished), bars
+    groups = [match.groups() for match in finished]
+    assert {(model, done, total) for model, _, done, total in groups} == {
+        ("testapp.Sample", "7", "7"),
+        ("testapp.Study", "2", "2"),
+    }
+    study_fields = [field for model, fields, _, _ in groups if model == "testapp.Study" for field in fields.split(", ")]
+    assert sorted(study_fields) == [
+        "aliquot_volume", "project_names", "sample_count", "slug", "summary", "tag_names", "total_weight"
+    ]
+    # Each line logged during the rebuild, the method's included, stands whole on a line of its own.
+    assert sorted(line for line in logged if line.startswith("Counting")) == [
+        "Counting the samples of Other study.",
+        "Counting the samples of Soil survey.",
+    ]
+    assert [line.split(" on 'default': ")[0] for line in logged if not line.startswith("Counting")] == [
+        *(f"Rebuilt {model} ({fields})" for model, fields, _, _ in groups),
+        "Maintained fields",
+    ]
+    assert all(
+        re.fullmatch(r".* on 'default': recomputed \d+ row\(s\).*, \d+ changed, in \d+\.\d{3}s\.", line)
+        for line in logged
+        if not line.startswith("Counting")
+    )

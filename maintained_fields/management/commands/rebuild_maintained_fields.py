@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand
 from django.db import models, transaction
@@ -44,17 +46,19 @@ class Command(BaseCommand):
         # What the changes lead to outside the selection, recomputed once at
         # the end; inside it, each row is recomputed once, in its own group.
         downstream: Records = {}
-        # tqdm redraws its line with carriage returns: no newline after each write.
-        self.stderr.ending = ""
-        try:
+        # The bar goes to the stream under self.stderr: written through it, it
+        # would take the error style (bold red on a terminal) and a newline.
+        stream = self.stderr._out
+        shown = verbosity > 0 and _is_terminal(stream)
+        with logging_above(stream) if shown else nullcontext():
             for model, specs in groups:
                 pks = models.QuerySet(model, using=database).values_list("pk", flat=True)
                 with tqdm(
                     total=pks.count(),
                     desc=f"{model._meta.label} ({', '.join(spec.field.name for spec in specs)})",
                     unit="rows",
-                    file=self.stderr,
-                    disable=True if verbosity == 0 else None,  # None: shown on a terminal only
+                    file=stream,
+                    disable=not shown,
                 ) as progress:
                     started, changed, group_rows = time.perf_counter(), 0, 0
                     last = None
@@ -72,20 +76,18 @@ class Command(BaseCommand):
                         last = batch[-1]
                         progress.update(len(batch))
                         group_rows += len(batch)
-                    rows += group_rows
-                    logger.info(
-                        "Rebuilt %s (%s) on %r: recomputed %d row(s), %d changed, in %.3fs.",
-                        model._meta.label,
-                        ", ".join(spec.field.name for spec in specs),
-                        database,
-                        group_rows,
-                        changed,
-                        time.perf_counter() - started,
-                    )
+                rows += group_rows
+                logger.info(
+                    "Rebuilt %s (%s) on %r: recomputed %d row(s), %d changed, in %.3fs.",
+                    model._meta.label,
+                    ", ".join(spec.field.name for spec in specs),
+                    database,
+                    group_rows,
+                    changed,
+                    time.perf_counter() - started,
+                )
             if downstream:
                 process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
-        finally:
-            self.stderr.ending = "\n"
         if verbosity:
             self.stdout.write(f"Recomputed maintained fields on {rows} row(s).")
 
@@ -110,3 +112,51 @@ class Command(BaseCommand):
             records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
             merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
         return len(changed)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty(), or closed
+        return False
+
+
+class _AboveTheBar:
+    """A terminal stream on which each write first clears the progress bars
+    drawn on ``bars`` and redraws them after, so the text gets lines of its own."""
+
+    def __init__(self, stream: TextIO, bars: TextIO) -> None:
+        self.stream, self.bars = stream, bars
+
+    def write(self, text: str) -> None:
+        with tqdm.external_write_mode(file=self.bars):
+            self.stream.write(text)
+            self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextmanager
+def logging_above(bars: TextIO) -> Iterator[None]:
+    """While progress bars are drawn on the terminal ``bars``, every logging
+    handler that writes to a terminal writes above them instead of through them."""
+    handlers = [
+        handler
+        for logger in [logging.root, *logging.root.manager.loggerDict.values()]
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and _is_terminal(handler.stream)
+    ]
+    replaced = [(handler, handler.setStream(_AboveTheBar(handler.stream, bars))) for handler in set(handlers)]
+    # Where no handler is configured, logging writes warnings to sys.stderr itself.
+    last_resort = logging.lastResort
+    if last_resort is not None and _is_terminal(last_resort.stream):
+        logging.lastResort = logging.StreamHandler(_AboveTheBar(last_resort.stream, bars))
+        logging.lastResort.setLevel(last_resort.level)
+    try:
+        yield
+    finally:
+        for handler, stream in replaced:
+            handler.setStream(stream)
+        logging.lastResort = last_resort
