@@ -60,6 +60,15 @@ def test_rebuild_repairs_everything_in_dependency_order(lab, stale):
     assert run("check_maintained_fields") == ("", "")
 
 
+
+def test_rebuild_summary_counts_each_row_once(lab, stale):
+    # Study's fields are rebuilt in two groups (summary reads sample_count): its rows count once.
+    out, _ = run("rebuild_maintained_fields", "testapp", "--verbosity", "1")
+    total, counts = re.fullmatch(r"Recomputed maintained fields on (\d+) row\(s\) \((.*)\)\.\n", out).groups()
+    # testapp's rows of models with maintained fields: 7 samples, 2 studies, the lab, the tag, no project.
+    assert sorted(counts.split(", ")) == ["testapp.Lab 1", "testapp.Sample 7", "testapp.Study 2", "testapp.Tag 1"]
+    assert total == "11"
+
 def test_rebuild_one_model_updates_what_depends_on_it(lab, stale):
     study, _ = stale
     run("rebuild_maintained_fields", "testapp.Study", "--verbosity", "0")

@@ -40,7 +40,9 @@ class Command(BaseCommand):
     ) -> None:
         size = batch_size or get_config()["BATCH_SIZE"]
         label_filter = frozenset(labels) if labels else None
-        rows = 0
+        # Rows per model: a model whose fields come in several groups is read
+        # whole by each, and its rows count once.
+        rows: dict[str, int] = {}
         groups = list(selected_groups(targets, labels))
         selected = {spec for _, specs in groups for spec in specs}
         # What the changes lead to outside the selection, recomputed once at
@@ -76,7 +78,7 @@ class Command(BaseCommand):
                         last = batch[-1]
                         progress.update(len(batch))
                         group_rows += len(batch)
-                rows += group_rows
+                rows[model._meta.label] = max(rows.get(model._meta.label, 0), group_rows)
                 logger.info(
                     "Rebuilt %s (%s) on %r: recomputed %d row(s), %d changed, in %.3fs.",
                     model._meta.label,
@@ -89,7 +91,9 @@ class Command(BaseCommand):
             if downstream:
                 process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
         if verbosity:
-            self.stdout.write(f"Recomputed maintained fields on {rows} row(s).")
+            counts = ", ".join(f"{label} {count}" for label, count in rows.items() if count)
+            detail = f" ({counts})" if counts else ""
+            self.stdout.write(f"Recomputed maintained fields on {sum(rows.values())} row(s){detail}.")
 
     def _rebuild(
         self,
