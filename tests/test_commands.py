@@ -1,5 +1,6 @@
 """rebuild_maintained_fields repairs; check_maintained_fields reports and fails."""
 
+import json
 import logging
 import re
 from decimal import Decimal
@@ -7,10 +8,11 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.core.serializers.json import DjangoJSONEncoder
 
-from maintained_fields import override_autoupdate
+from maintained_fields import maintained_values_written, override_autoupdate
 from tests.conftest import fresh
-from tests.testapp.models import Sample, Study, Tag
+from tests.testapp.models import Lab, Sample, Study, Tag
 
 pytestmark = pytest.mark.django_db
 
@@ -35,6 +37,7 @@ def run(*args):
 def test_check_is_silent_when_all_is_right(study):
     Sample.objects.create(study=study, name="a")
     assert run("check_maintained_fields") == ("", "")
+    assert run("check_maintained_fields", "--deep") == ("", "")
 
 
 def test_check_lists_drift_and_fails(stale):
@@ -98,8 +101,6 @@ def test_unknown_targets_and_labels_are_clear_errors(db):
 
 
 def test_check_json_report(stale):
-    import json
-
     study, other = stale
     out = StringIO()
     with pytest.raises(CommandError):
@@ -111,8 +112,6 @@ def test_check_json_report(stale):
 
 
 def test_check_json_report_when_all_is_right(db):
-    import json
-
     out = StringIO()
     call_command("check_maintained_fields", "--format", "json", stdout=out)
     assert json.loads(out.getvalue()) == {"drift": [], "count": 0}
@@ -243,3 +242,88 @@ def test_progress_bar_is_plain_and_log_lines_stay_whole(stale, monkeypatch):
         for line in logged
         if not line.startswith("Counting")
     )
+
+
+def stale_values_expected(lab, study, other):
+    """What a rebuild must change in ``stale``'s rows, counted here:
+    {(model, pk, field): (stored, computed)}."""
+    red = Tag.objects.get(name="red")
+    expected = {
+        ("testapp.Lab", lab.pk, "sample_total"): (0, 7),
+        ("testapp.Tag", red.pk, "study_count"): (0, 1),
+        ("testapp.Study", study.pk, "sample_count"): (0, 3),
+        ("testapp.Study", study.pk, "total_weight"): (Decimal("0.00"), Decimal("3.75")),
+        ("testapp.Study", study.pk, "tag_names"): ("", "red"),
+        ("testapp.Study", study.pk, "summary"): ("Soil survey: 0 samples", "Soil survey: 3 samples"),
+        ("testapp.Study", other.pk, "slug"): ("", "other-study"),
+        ("testapp.Study", other.pk, "sample_count"): (0, 4),
+        ("testapp.Study", other.pk, "total_weight"): (Decimal("0.00"), Decimal("5.00")),
+        ("testapp.Study", other.pk, "summary"): ("", "Other study: 4 samples"),
+    }
+    for sample in Sample.objects.all():
+        parent = study if sample.study_id == study.pk else other
+        expected[("testapp.Sample", sample.pk, "code")] = ("", sample.name.upper())
+        expected[("testapp.Sample", sample.pk, "study_name")] = ("", parent.name)
+        expected[("testapp.Sample", sample.pk, "lab_name")] = ("", lab.name)
+    return expected
+
+
+def snapshot():
+    """Every row of testapp, as the database holds it."""
+    return {model: list(model.objects.order_by("pk").values()) for model in (Lab, Tag, Study, Sample)}
+
+
+def test_deep_check_reports_what_a_rebuild_would_change_and_writes_nothing(lab, stale):
+    study, other = stale
+    expected = stale_values_expected(lab, study, other)
+    # The default check compares each row with what the rows it reads hold now:
+    # a lab over stale study counts, or a summary over a stale count, looks right.
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("check_maintained_fields", "--format", "json", stdout=out)
+    shallow = {(d["model"], d["pk"], d["field"]) for d in json.loads(out.getvalue())["drift"]}
+    assert ("testapp.Lab", lab.pk, "sample_total") not in shallow
+    assert ("testapp.Study", study.pk, "summary") not in shallow
+
+    before = snapshot()
+    written = []
+    receiver = lambda **kwargs: written.append(kwargs)  # noqa: E731
+    maintained_values_written.connect(receiver)
+    try:
+        out = StringIO()
+        with pytest.raises(CommandError, match=rf"^{len(expected)} maintained value\(s\) differ"):
+            call_command("check_maintained_fields", "--deep", "--format", "json", stdout=out)
+    finally:
+        maintained_values_written.disconnect(receiver)
+    report = json.loads(out.getvalue())
+    assert report["count"] == len(report["drift"]) == len(expected)
+    assert {(d["model"], d["pk"], d["field"]): (d["stored"], d["computed"]) for d in report["drift"]} == {
+        key: tuple(json.loads(json.dumps(values, cls=DjangoJSONEncoder))) for key, values in expected.items()
+    }
+    assert snapshot() == before  # nothing written...
+    assert written == []  # ...and no receiver told otherwise
+
+
+def test_dry_run_prints_what_the_rebuild_then_changes(lab, stale):
+    study, other = stale
+    expected = stale_values_expected(lab, study, other)
+    before = snapshot()
+    out, _ = run("rebuild_maintained_fields", "--dry-run")
+    with pytest.raises(CommandError):
+        call_command("check_maintained_fields", "--deep", stdout=(deep := StringIO()))
+    *listed, summary = out.splitlines()
+    assert listed == deep.getvalue().splitlines()  # the same lines as check_maintained_fields --deep
+    assert summary == f"{len(expected)} maintained value(s) would change; nothing was written."
+    assert snapshot() == before
+    # The rebuild itself then changes exactly those values, to the values listed.
+    run("rebuild_maintained_fields", "--verbosity", "0")
+    after = snapshot()
+    changed = {
+        f"{model._meta.label} pk={old['id']} {field}: stored {old[field]!r}, computed {new[field]!r}"
+        for model in before
+        for old, new in zip(before[model], after[model])
+        for field in old
+        if old[field] != new[field]
+    }
+    assert sorted(changed) == sorted(listed)
+    assert {line.split(":")[0] for line in listed} == {f"{m} pk={pk} {f}" for m, pk, f in expected}

@@ -1,4 +1,4 @@
-"""What the maintained-fields commands share: choosing the fields to visit."""
+"""What the maintained-fields commands share: choosing the fields to visit, reporting drift."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.core.management import CommandError
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, models
 
 from ...graph import Spec, get_graph
 
@@ -59,3 +59,22 @@ def selected_groups(
         specs = tuple(spec for spec in group if spec in chosen)
         if specs:
             yield model, specs
+
+
+def drift_entry(model: type[models.Model], pk: Any, attname: str, stored: Any, computed: Any) -> dict[str, Any]:
+    """One stale value, as ``check_maintained_fields --format json`` reports it."""
+    return {
+        "model": model._meta.label,
+        "pk": pk,
+        "field": model._meta.get_field(attname).name,
+        "stored": stored,
+        "computed": computed,
+    }
+
+
+def drift_line(found: dict[str, Any]) -> str:
+    """One stale value, as ``check_maintained_fields`` lists it."""
+    return (
+        f"{found['model']} pk={found['pk']} {found['field']}: "
+        f"stored {found['stored']!r}, computed {found['computed']!r}"
+    )

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from ...conf import get_config
 from ...graph import Spec, get_graph
 from ...propagation import Records, merge, process, records_for
-from ...writes import lock, locking, recompute
-from ._selection import add_selection_arguments, selected_groups
+from ...writes import dry_run, lock, locking, recompute
+from ._selection import add_selection_arguments, drift_entry, drift_line, selected_groups
 
 logger = logging.getLogger("maintained_fields")
 
@@ -27,6 +27,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         add_selection_arguments(parser)
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="List the values the rebuild would change, as check_maintained_fields --deep does, "
+            "and keep none: the rebuild runs in a transaction that is rolled back.",
+        )
 
     def handle(
         self,
@@ -35,87 +41,123 @@ class Command(BaseCommand):
         labels: list[str] | None,
         database: str,
         batch_size: int | None,
+        dry_run: bool,
         verbosity: int,
         **options: Any,
     ) -> None:
-        size = batch_size or get_config()["BATCH_SIZE"]
-        label_filter = frozenset(labels) if labels else None
-        # Rows per model: a model whose fields come in several groups is read
-        # whole by each, and its rows count once.
-        rows: dict[str, int] = {}
         groups = list(selected_groups(targets, labels))
-        selected = {spec for _, specs in groups for spec in specs}
-        # What the changes lead to outside the selection, recomputed once at
-        # the end; inside it, each row is recomputed once, in its own group.
-        downstream: Records = {}
         # The bar goes to the stream under self.stderr: written through it, it
         # would take the error style (bold red on a terminal) and a newline.
         stream = self.stderr._out
-        shown = verbosity > 0 and _is_terminal(stream)
-        with logging_above(stream) if shown else nullcontext():
-            for model, specs in groups:
-                pks = models.QuerySet(model, using=database).values_list("pk", flat=True)
-                with tqdm(
-                    total=pks.count(),
-                    desc=f"{model._meta.label} ({', '.join(spec.field.name for spec in specs)})",
-                    unit="rows",
-                    file=stream,
-                    disable=not shown,
-                ) as progress:
-                    started, changed, group_rows = time.perf_counter(), 0, 0
-                    last = None
-                    while True:
-                        # Each batch is read, locked and recomputed in a
-                        # transaction of its own: the page query takes the locks.
-                        with transaction.atomic(using=database):
-                            page = pks.order_by("pk") if last is None else pks.order_by("pk").filter(pk__gt=last)
-                            if locking(database):
-                                page = lock(page)
-                            batch = list(page[:size])
-                            if not batch:
-                                break
-                            changed += self._rebuild(database, label_filter, specs, batch, size, selected, downstream)
-                        last = batch[-1]
-                        progress.update(len(batch))
-                        group_rows += len(batch)
-                rows[model._meta.label] = max(rows.get(model._meta.label, 0), group_rows)
-                logger.info(
-                    "Rebuilt %s (%s) on %r: recomputed %d row(s), %d changed, in %.3fs.",
-                    model._meta.label,
-                    ", ".join(spec.field.name for spec in specs),
-                    database,
-                    group_rows,
-                    changed,
-                    time.perf_counter() - started,
-                )
-            if downstream:
-                process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
+        bars = stream if verbosity > 0 and _is_terminal(stream) else None
+        if dry_run:
+            drift = would_change(groups, labels, database, batch_size, bars)
+            for found in drift:
+                self.stdout.write(drift_line(found))
+            if verbosity:
+                self.stdout.write(f"{len(drift)} maintained value(s) would change; nothing was written.")
+            return
+        rows = rebuild(groups, labels, database, batch_size, bars)
         if verbosity:
             counts = ", ".join(f"{label} {count}" for label, count in rows.items() if count)
             detail = f" ({counts})" if counts else ""
             self.stdout.write(f"Recomputed maintained fields on {sum(rows.values())} row(s){detail}.")
 
-    def _rebuild(
-        self,
-        database: str,
-        labels: frozenset[str] | None,
-        specs: tuple[Spec, ...],
-        pks: list[Any],
-        size: int,
-        selected: set[Spec],
-        downstream: Records,
-    ) -> int:
-        """Recompute ``specs`` on the rows ``pks``, locked already; add what their changes lead
-        to outside ``selected`` to ``downstream``; return how many changed."""
-        model = specs[0].model
-        changed = recompute(model, {pk: set(specs) for pk in pks}, database, size, locked=True)
-        node = get_graph().nodes[model]
-        if all(dep.spec in selected for dep, _ in node.edges):
-            return len(changed)  # what the changes lead to is rebuilt in its own group
-        for instance, old in changed:
-            records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
-            merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
-        return len(changed)
+
+def would_change(
+    groups: list[tuple[type[models.Model], tuple[Spec, ...]]],
+    labels: list[str] | None,
+    database: str,
+    batch_size: int | None,
+    bars: TextIO | None = None,
+) -> list[dict[str, Any]]:
+    """What :func:`rebuild` would change, each value as check_maintained_fields
+    reports it; nothing is kept (see :func:`~maintained_fields.writes.dry_run`)."""
+    with dry_run(database) as changes:
+        rebuild(groups, labels, database, batch_size, bars)
+    return [drift_entry(*key, *values) for key, values in changes.items()]
+
+
+def rebuild(
+    groups: list[tuple[type[models.Model], tuple[Spec, ...]]],
+    labels: list[str] | None,
+    database: str,
+    batch_size: int | None,
+    bars: TextIO | None = None,
+) -> dict[str, int]:
+    """Recompute the fields of ``groups`` (from :func:`selected_groups`) on every row, each
+    group in batches, then what their changes lead to outside them; with a progress bar
+    on the terminal ``bars``.  Returns the rows recomputed in each model, by label."""
+    size = batch_size or get_config()["BATCH_SIZE"]
+    label_filter = frozenset(labels) if labels else None
+    # Rows per model: a model whose fields come in several groups is read
+    # whole by each, and its rows count once.
+    rows: dict[str, int] = {}
+    selected = {spec for _, specs in groups for spec in specs}
+    # What the changes lead to outside the selection, recomputed once at
+    # the end; inside it, each row is recomputed once, in its own group.
+    downstream: Records = {}
+    with logging_above(bars) if bars else nullcontext():
+        for model, specs in groups:
+            pks = models.QuerySet(model, using=database).values_list("pk", flat=True)
+            with tqdm(
+                total=pks.count(),
+                desc=f"{model._meta.label} ({', '.join(spec.field.name for spec in specs)})",
+                unit="rows",
+                file=bars,
+                disable=bars is None,
+            ) as progress:
+                started, changed, group_rows = time.perf_counter(), 0, 0
+                last = None
+                while True:
+                    # Each batch is read, locked and recomputed in a
+                    # transaction of its own: the page query takes the locks.
+                    with transaction.atomic(using=database):
+                        page = pks.order_by("pk") if last is None else pks.order_by("pk").filter(pk__gt=last)
+                        if locking(database):
+                            page = lock(page)
+                        batch = list(page[:size])
+                        if not batch:
+                            break
+                        changed += _rebuild(database, label_filter, specs, batch, size, selected, downstream)
+                    last = batch[-1]
+                    progress.update(len(batch))
+                    group_rows += len(batch)
+            rows[model._meta.label] = max(rows.get(model._meta.label, 0), group_rows)
+            logger.info(
+                "Rebuilt %s (%s) on %r: recomputed %d row(s), %d changed, in %.3fs.",
+                model._meta.label,
+                ", ".join(spec.field.name for spec in specs),
+                database,
+                group_rows,
+                changed,
+                time.perf_counter() - started,
+            )
+        if downstream:
+            process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
+    return rows
+
+
+def _rebuild(
+    database: str,
+    labels: frozenset[str] | None,
+    specs: tuple[Spec, ...],
+    pks: list[Any],
+    size: int,
+    selected: set[Spec],
+    downstream: Records,
+) -> int:
+    """Recompute ``specs`` on the rows ``pks``, locked already; add what their changes lead
+    to outside ``selected`` to ``downstream``; return how many changed."""
+    model = specs[0].model
+    changed = recompute(model, {pk: set(specs) for pk in pks}, database, size, locked=True)
+    node = get_graph().nodes[model]
+    if all(dep.spec in selected for dep, _ in node.edges):
+        return len(changed)  # what the changes lead to is rebuilt in its own group
+    for instance, old in changed:
+        records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
+        merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
+    return len(changed)
 
 
 def _is_terminal(stream: Any) -> bool:
