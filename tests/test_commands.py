@@ -2,9 +2,15 @@
 
 import json
 import logging
+import os
 import re
+import shutil
+import subprocess
+import sys
 from decimal import Decimal
 from io import StringIO
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -327,3 +333,118 @@ def test_dry_run_prints_what_the_rebuild_then_changes(lab, stale):
     }
     assert sorted(changed) == sorted(listed)
     assert {line.split(":")[0] for line in listed} == {f"{m} pk={pk} {f}" for m, pk, f in expected}
+
+
+# Each maintained field of testapp, from what it reads, over which path: as models.py declares them.
+TESTAPP_EDGES = {
+    ("testapp.Sample.name", "testapp.Sample.code", "name"),
+    ("testapp.Study.name", "testapp.Sample.study_name", "study__name"),
+    ("testapp.Lab.name", "testapp.Sample.lab_name", "study__lab__name"),
+    ("testapp.Study (any change)", "testapp.Study.slug", ""),  # no depends_on: every save
+    ("testapp.Sample (any change)", "testapp.Study.sample_count", "samples"),
+    ("testapp.Sample.weight", "testapp.Study.total_weight", "samples__weight"),
+    ("testapp.Aliquot.volume", "testapp.Study.aliquot_volume", "samples__aliquots__volume"),
+    ("testapp.Tag.name", "testapp.Study.tag_names", "tags__name"),
+    ("testapp.Project.name", "testapp.Study.project_names", "projects__name"),
+    ("testapp.Study.name", "testapp.Study.summary", "name"),
+    ("testapp.Study.sample_count", "testapp.Study.summary", "sample_count"),
+    ("testapp.Study.sample_count", "testapp.Lab.sample_total", "studies__sample_count"),
+    ("testapp.Study (any change)", "testapp.Project.study_count", "studies"),
+    ("testapp.Study (any change)", "testapp.Tag.study_count", "studies"),
+}
+TESTAPP_MAINTAINED = {target for _, target, _ in TESTAPP_EDGES}
+
+
+def test_graph_as_a_text_tree():
+    out, _ = run("graph_maintained_fields", "testapp.Lab", "testapp.Sample")
+    assert out == (
+        "testapp.Sample\n"
+        "|-- code\n"
+        "|   `-- name: testapp.Sample.name\n"
+        "|-- study_name\n"
+        "|   `-- study__name: testapp.Study.name\n"
+        "`-- lab_name\n"
+        "    `-- study__lab__name: testapp.Lab.name\n"
+        "testapp.Lab\n"
+        "`-- sample_total [counts]\n"
+        "    `-- studies__sample_count: testapp.Study.sample_count (maintained)\n"
+    )
+    out, _ = run("graph_maintained_fields", "--labels", "weights")
+    assert out == "testapp.Study\n`-- total_weight [weights]\n    `-- samples__weight: testapp.Sample.weight\n"
+    with pytest.raises(CommandError, match="'testapp.Smaple' names no model with maintained fields"):
+        run("graph_maintained_fields", "testapp.Smaple")
+
+
+def dot_graph(source):
+    """{node: (label, bold)} and {(from, to, label)} of the command's dot output."""
+    nodes = {
+        name: (label, bool(bold))
+        for name, label, bold in re.findall(r'^    "(.+)" \[label="(.*?)"(, style=bold)?\];$', source, re.M)
+    }
+    edges = set(re.findall(r'^  "(.+?)" -> "(.+?)"(?: \[label="(.*)"\])?;$', source, re.M))
+    return nodes, edges
+
+
+def test_graph_in_dot():
+    out, _ = run("graph_maintained_fields", "testapp", "--format", "dot")
+    nodes, edges = dot_graph(out)
+    assert edges == TESTAPP_EDGES
+    assert {name for name, (_, bold) in nodes.items() if bold} == TESTAPP_MAINTAINED
+    assert set(nodes) == {name for edge in TESTAPP_EDGES for name in edge[:2]}
+    assert nodes["testapp.Study.sample_count"] == ("sample_count", True)
+    assert nodes["testapp.Sample (any change)"] == ("(any change)", False)
+    # One cluster per model, labelled with it.
+    assert sorted(re.findall(r'^    label="(.+)";$', out, re.M)) == [
+        "testapp.Aliquot", "testapp.Lab", "testapp.Project", "testapp.Sample", "testapp.Study", "testapp.Tag"
+    ]
+    if shutil.which("dot"):  # Graphviz, where installed, reads it
+        subprocess.run(["dot", "-Tsvg"], input=out, text=True, check=True, capture_output=True)
+
+
+def test_graph_in_mermaid():
+    out, _ = run("graph_maintained_fields", "testapp", "--format", "mermaid")
+    assert out.startswith("flowchart LR\n")
+    names, model = {}, None
+    for line in out.splitlines():
+        if found := re.fullmatch(r'  subgraph m\d+ \["(.+)"\]', line):
+            model = found[1]
+        elif found := re.fullmatch(r'    (n\d+)\["(.+)"\]', line):
+            names[found[1]] = f"{model}.{found[2]}" if found[2] != "(any change)" else f"{model} (any change)"
+    edges = {
+        (names[source], names[target], label or "")
+        for source, label, target in re.findall(r'^  (n\d+) -->(?:\|"(.*)"\|)? (n\d+)$', out, re.M)
+    }
+    assert edges == TESTAPP_EDGES
+    bold = re.search(r"^  class (\S+) maintained$", out, re.M)[1].split(",")
+    assert {names[node] for node in bold} == TESTAPP_MAINTAINED
+
+
+def svg_graph(svg):
+    """{node: (label, bold)} and {(from, to, label)} drawn in a Graphviz SVG."""
+    namespace = {"svg": "http://www.w3.org/2000/svg"}
+    nodes, edges = {}, set()
+    for group in ElementTree.fromstring(svg).iter("{http://www.w3.org/2000/svg}g"):
+        title = group.findtext("svg:title", namespaces=namespace)
+        texts = [text.text for text in group.findall("svg:text", namespace)]
+        if group.get("class") == "node":
+            bold = any(shape.get("stroke-width") == "2" for shape in group.findall("svg:polygon", namespace))
+            nodes[title] = (texts[0], bold)
+        elif group.get("class") == "edge":
+            edges.add((*title.split("->"), texts[0] if texts else ""))
+    return nodes, edges
+
+
+def test_the_docs_show_the_example_projects_graph():
+    """docs/example-graph.txt and .svg are the command's output for the example
+    project; CONTRIBUTING.md says how to regenerate them."""
+    root = Path(__file__).resolve().parent.parent
+
+    def graph(*args):
+        command = [sys.executable, "manage.py", "graph_maintained_fields", *args]
+        environment = {name: value for name, value in os.environ.items() if name != "DJANGO_SETTINGS_MODULE"}
+        done = subprocess.run(command, cwd=root / "example", env=environment, text=True, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert (root / "docs" / "example-graph.txt").read_text() == graph()
+    assert svg_graph((root / "docs" / "example-graph.svg").read_text()) == dot_graph(graph("--format", "dot"))

@@ -13,18 +13,7 @@ from ...graph import Spec, get_graph
 
 
 def add_selection_arguments(parser: Any) -> None:
-    parser.add_argument(
-        "targets",
-        nargs="*",
-        metavar="app_label[.ModelName]",
-        help="Only these apps or models (default: every model with maintained fields).",
-    )
-    parser.add_argument(
-        "--labels",
-        nargs="+",
-        metavar="LABEL",
-        help="Only the maintained fields with one of these labels.",
-    )
+    add_target_arguments(parser)
     parser.add_argument(
         "--database",
         default=DEFAULT_DB_ALIAS,
@@ -36,6 +25,21 @@ def add_selection_arguments(parser: Any) -> None:
         type=positive,
         metavar="N",
         help="Rows per query (default: MAINTAINED_FIELDS['BATCH_SIZE']).",
+    )
+
+
+def add_target_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="app_label[.ModelName]",
+        help="Only these apps or models (default: every model with maintained fields).",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="LABEL",
+        help="Only the maintained fields with one of these labels.",
     )
 
 
