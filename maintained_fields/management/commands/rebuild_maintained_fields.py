@@ -13,7 +13,8 @@ from tqdm import tqdm
 from ...conf import get_config
 from ...graph import Spec, get_graph
 from ...propagation import Records, merge, process, records_for
-from ...writes import dry_run, lock, locking, recompute
+from ...writes import dry_run as rolled_back
+from ...writes import lock, locking, recompute
 from ._selection import add_selection_arguments, drift_entry, drift_line, selected_groups
 
 logger = logging.getLogger("maintained_fields")
@@ -73,7 +74,7 @@ def would_change(
 ) -> list[dict[str, Any]]:
     """What :func:`rebuild` would change, each value as check_maintained_fields
     reports it; nothing is kept (see :func:`~maintained_fields.writes.dry_run`)."""
-    with dry_run(database) as changes:
+    with rolled_back(database) as changes:
         rebuild(groups, labels, database, batch_size, bars)
     return [drift_entry(*key, *values) for key, values in changes.items()]
 
