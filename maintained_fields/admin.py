@@ -35,10 +35,13 @@ class MaintainedModelAdminMixin:
     """
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        """The admin's own read-only fields, then the model's maintained fields
+        in the order the model declares them."""
         fields = tuple(super().get_readonly_fields(request, obj))  # type: ignore[misc]
         node = get_graph().node(self.model)  # type: ignore[attr-defined]
-        maintained = [s.field.name for s in (*node.own_row, *node.related)] if node else []
-        return fields + tuple(name for name in maintained if name not in fields)
+        maintained = {s.field.name for s in (*node.own_row, *node.related)} if node else set()
+        declared = [field.name for field in self.model._meta.fields]  # type: ignore[attr-defined]
+        return fields + tuple(name for name in declared if name in maintained and name not in fields)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -9,6 +9,7 @@ not resolve are left out of it and reported by the system checks.
 
 from __future__ import annotations
 
+import difflib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -283,7 +284,19 @@ def check_labels(labels: Iterable[str], graph: Graph | None = None) -> None:
 
 
 class _PathError(Exception):
-    pass
+    def __init__(self, message: str, suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.suggestion = suggestion  # the path likely meant
+
+
+def _likely(name: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``name`` is most likely a misspelling of, if any."""
+    found = difflib.get_close_matches(name, list(names), n=1)
+    return found[0] if found else None
+
+
+def _did_you_mean(suggestion: str | None) -> str:
+    return f" Did you mean {suggestion!r}?" if suggestion else ""
 
 
 def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
@@ -298,8 +311,10 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
         try:
             found = current._meta.get_field(name)
         except FieldDoesNotExist:
+            likely = _likely(name, (f.name for f in current._meta.get_fields()))
             raise _PathError(
-                f"{current._meta.label} has no field or relation {name!r}"
+                f"{current._meta.label} has no field or relation {name!r}",
+                "__".join([*names[:position], likely, *names[position + 1:]]) if likely else None,
             ) from None
         by_attname = name != found.name and name == getattr(found, "attname", None)
         if found.is_relation and not by_attname:
@@ -321,7 +336,8 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
             if position != len(names) - 1:
                 raise _PathError(
                     f"{name!r} is a field of {current._meta.label}, not a relation; "
-                    "only the last part of a path can be a field"
+                    "only the last part of a path can be a field",
+                    "__".join(names[: position + 1]),
                 )
             if found.primary_key and hasattr(found, "fields"):  # a composite key: the columns it is made of
                 terminal = {field.attname for field in found.fields}
@@ -492,10 +508,12 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
     try:
         target = meta.get_field(declaration.field_name)
     except FieldDoesNotExist:
+        likely = _likely(declaration.field_name, (f.name for f in meta.concrete_fields if not f.primary_key))
         errors.append(
             _error(
                 1,
-                f"{where} maintains {declaration.field_name!r}, which is not a field of {meta.label}.",
+                f"{where} maintains {declaration.field_name!r}, which is not a field of {meta.label}."
+                + _did_you_mean(likely),
                 model,
                 "Name a concrete field of the model in @maintained_field(...).",
             )
@@ -537,7 +555,7 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
             errors.append(
                 _error(
                     2,
-                    f"{where} depends on {path!r}, which does not resolve: {exc}.",
+                    f"{where} depends on {path!r}, which does not resolve: {exc}.{_did_you_mean(exc.suggestion)}",
                     model,
                     "Write depends_on paths in lookup syntax from this model, "
                     "e.g. 'samples', 'study__lab' or 'samples__weight'.",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.db.models.sql import Query, UpdateQuery
@@ -99,6 +101,34 @@ def compute(
     return differences
 
 
+# {(model, pk, attname): [stored, computed]}: what the writes of a dry run change.
+Changes = dict[tuple[type[models.Model], Any, str], list[Any]]
+
+_dry_run: ContextVar[Changes | None] = ContextVar("maintained_fields_dry_run", default=None)
+
+
+@contextmanager
+def dry_run(db: str) -> Iterator[Changes]:
+    """Run the block in a transaction on ``db`` that is rolled back when it ends.
+
+    Yields what :func:`recompute` changes in the block, by row and column: the
+    value stored before the block and the last one written, in the order
+    first written.  ``maintained_values_written`` is not sent for these
+    writes, since none of them is kept.  The rows written stay locked until
+    the block ends.
+    """
+    changes: Changes = {}
+    token = _dry_run.set(changes)
+    try:
+        with transaction.atomic(using=db):
+            yield changes
+            transaction.set_rollback(True, using=db)
+    finally:
+        _dry_run.reset(token)
+    for key in [key for key, (stored, computed) in changes.items() if stored == computed]:
+        del changes[key]  # changed, then changed back
+
+
 def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str, size: int | None = None) -> set[Any]:
     """The primary keys of the maintained rows that reach ``pks`` at hop ``index``.
 
@@ -159,6 +189,11 @@ def recompute(
         expressions = {spec for spec in specs if spec.expression is not None}
         rows, evaluated = read(model, db, batch, expressions)
         changed += update_rows(model, db, rows, lambda row: targets[row.pk], size, evaluated)
+    changes = _dry_run.get()
+    if changes is not None:
+        for row, old in changed:
+            for attname, stored in old.items():
+                changes.setdefault((model, row.pk, attname), [stored, None])[1] = getattr(row, attname)
     return changed
 
 
@@ -691,6 +726,8 @@ _updates: dict[tuple[Any, ...], str] = {}
 
 
 def _announce(model: type[models.Model], db: str, instances: list[models.Model], attnames: list[str]) -> None:
+    if _dry_run.get() is not None:
+        return
     maintained_values_written.send(
         sender=model,
         pks=[instance.pk for instance in instances],

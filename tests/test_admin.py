@@ -1,6 +1,9 @@
 """Curators editing in the admin: values stay right, and can be repaired there."""
 
+import re
+
 import pytest
+from django.contrib.auth.models import Permission, User
 
 from maintained_fields import override_autoupdate
 from tests.conftest import fresh
@@ -49,3 +52,32 @@ def test_recompute_action(admin_client, lab):
     assert "Recomputed the maintained fields of 1 study." in response.content.decode()
     assert fresh(study).sample_count == 1
     assert fresh(lab).sample_total == 1
+
+
+def test_maintained_fields_are_read_only_in_declaration_order(admin_client, study):
+    page = admin_client.get(f"/admin/testapp/study/{study.pk}/change/").content.decode()
+    shown = re.findall(r'class="form-row field-(\w+)', page)
+    # StudyAdmin's own readonly_fields ("slug") first, then Study's other
+    # maintained fields as the model declares them.
+    assert shown[shown.index("slug"):] == [
+        "slug", "sample_count", "total_weight", "aliquot_volume", "tag_names", "project_names", "summary"
+    ]
+
+
+def test_recompute_action_needs_change_permission(client, lab):
+    with override_autoupdate(mode="disabled"):
+        study = Study.objects.create(name="Loaded", lab=lab)
+        Sample.objects.create(study=study, name="a")
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_study"))
+    client.force_login(viewer)
+    page = client.get("/admin/testapp/study/").content.decode()
+    assert f"/admin/testapp/study/{study.pk}/change/" in page  # the viewer sees the list...
+    assert "recompute_maintained_fields" not in page  # ...but is not offered the action
+    response = client.post(
+        "/admin/testapp/study/",
+        {"action": "recompute_maintained_fields", "_selected_action": [study.pk]},
+        follow=True,
+    )
+    assert "Recomputed the maintained fields" not in response.content.decode()
+    assert fresh(study).sample_count == 0  # still stale: nothing was recomputed

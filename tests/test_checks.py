@@ -43,7 +43,10 @@ def test_unknown_field():
             return 1
 
     assert messages(Box) == [
-        ("maintained_fields.E001", "testapp.Box.compute() maintains 'cuont', which is not a field of testapp.Box.")
+        (
+            "maintained_fields.E001",
+            "testapp.Box.compute() maintains 'cuont', which is not a field of testapp.Box. Did you mean 'count'?",
+        )
     ]
 
 
@@ -87,9 +90,68 @@ def test_path_that_does_not_resolve():
             "maintained_fields.E002",
             "testapp.Label.compute() depends on 'crate__shelf__name__upper', which does not "
             "resolve: 'name' is a field of testapp.Shelf, not a relation; only the last part "
-            "of a path can be a field.",
+            "of a path can be a field. Did you mean 'crate__shelf__name'?",
         ),
     ]
+
+
+@isolate_apps("tests.testapp")
+def test_a_path_that_does_not_resolve_names_the_likely_one():
+    class Book(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        title = models.CharField(max_length=10)
+        page_count = models.IntegerField(default=0)
+
+        @maintained_field("page_count", depends_on=["chapter__page_count"])
+        def compute(self):
+            return 0
+
+    class Chapter(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+        book = models.ForeignKey(Book, models.CASCADE, related_name="chapters")
+        page_count = models.IntegerField(default=0)
+
+    class Note(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        chapter = models.ForeignKey(Chapter, models.CASCADE)
+        text = models.CharField(max_length=10)
+
+        @maintained_field("text", depends_on=["chapter__book__titel"])
+        def compute(self):
+            return ""
+
+    assert messages(Book, Chapter, Note) == [
+        (
+            "maintained_fields.E002",
+            "testapp.Book.compute() depends on 'chapter__page_count', which does not resolve: "
+            "testapp.Book has no field or relation 'chapter'. Did you mean 'chapters__page_count'?",
+        ),
+        (
+            "maintained_fields.E002",
+            "testapp.Note.compute() depends on 'chapter__book__titel', which does not resolve: "
+            "testapp.Book has no field or relation 'titel'. Did you mean 'chapter__book__title'?",
+        ),
+    ]
+    # Nothing alike: no guess.
+    with isolate_apps("tests.testapp"):
+
+        class Shelf(MaintainedModel):
+            class Meta:
+                app_label = "testapp"
+
+            count = models.IntegerField(default=0)
+
+            @maintained_field("count", depends_on=["boxes"])
+            def compute(self):
+                return 0
+
+        assert messages(Shelf)[0][1].endswith("testapp.Shelf has no field or relation 'boxes'.")
 
 
 @isolate_apps("tests.testapp")

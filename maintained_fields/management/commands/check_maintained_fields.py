@@ -9,7 +9,8 @@ from django.db import models
 
 from ...conf import get_config
 from ...writes import batches, compute, evaluate
-from ._selection import add_selection_arguments, selected_groups
+from ._selection import add_selection_arguments, drift_entry, drift_line, selected_groups
+from .rebuild_maintained_fields import would_change
 
 
 class Command(BaseCommand):
@@ -28,6 +29,14 @@ class Command(BaseCommand):
             default="text",
             help="json: one JSON document on stdout, {'drift': [...], 'count': N}.",
         )
+        parser.add_argument(
+            "--deep",
+            action="store_true",
+            help="Report what rebuild_maintained_fields would change, a value over stale values included, "
+            "in one pass: the rebuild runs in a transaction that is rolled back, and holds the locks it "
+            "takes until it ends. Without it the check only reads, and compares each row with the rows "
+            "it reads as they are.",
+        )
 
     def handle(
         self,
@@ -37,29 +46,16 @@ class Command(BaseCommand):
         database: str,
         batch_size: int | None,
         format: str,
+        deep: bool,
         **options: Any,
     ) -> None:
-        size = batch_size or get_config()["BATCH_SIZE"]
-        drift = []
-        for model, specs in selected_groups(targets, labels):
-            expressions = [spec for spec in specs if spec.expression is not None]
-            for batch in batches(models.QuerySet(model, using=database), size):
-                evaluated = evaluate(model, database, [row.pk for row in batch], expressions) if expressions else {}
-                for instance in batch:
-                    for attname, (stored, computed) in compute(instance, specs, evaluated.get(instance.pk)).items():
-                        found = {
-                            "model": model._meta.label,
-                            "pk": instance.pk,
-                            "field": model._meta.get_field(attname).name,
-                            "stored": stored,
-                            "computed": computed,
-                        }
-                        drift.append(found)
-                        if format == "text":
-                            self.stdout.write(
-                                f"{found['model']} pk={instance.pk} {found['field']}: "
-                                f"stored {stored!r}, computed {computed!r}"
-                            )
+        if deep:
+            drift = would_change(list(selected_groups(targets, labels)), labels, database, batch_size)
+            if format == "text":
+                for found in drift:
+                    self.stdout.write(drift_line(found))
+        else:
+            drift = self._compare(targets, labels, database, batch_size or get_config()["BATCH_SIZE"], format)
         if format == "json":
             self.stdout.write(json.dumps({"drift": drift, "count": len(drift)}, cls=DjangoJSONEncoder, indent=2))
         if drift:
@@ -73,3 +69,20 @@ class Command(BaseCommand):
                 f"{len(drift)} maintained value(s) differ from what their methods compute. "
                 f"Run 'manage.py rebuild_maintained_fields' to repair them.{pending}"
             )
+
+    def _compare(
+        self, targets: list[str], labels: list[str] | None, database: str, size: int, format: str
+    ) -> list[dict[str, Any]]:
+        """Each value that differs from what its method computes from the rows as they are now."""
+        drift = []
+        for model, specs in selected_groups(targets, labels):
+            expressions = [spec for spec in specs if spec.expression is not None]
+            for batch in batches(models.QuerySet(model, using=database), size):
+                evaluated = evaluate(model, database, [row.pk for row in batch], expressions) if expressions else {}
+                for instance in batch:
+                    for attname, (stored, computed) in compute(instance, specs, evaluated.get(instance.pk)).items():
+                        found = drift_entry(model, instance.pk, attname, stored, computed)
+                        drift.append(found)
+                        if format == "text":
+                            self.stdout.write(drift_line(found))
+        return drift
