@@ -1,12 +1,10 @@
 """Admin support: maintained fields shown read-only, and an action to recompute them."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import model_ngettext
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from .graph import get_graph
@@ -40,7 +38,7 @@ class MaintainedModelAdminMixin:
         maintained = [s.field.name for s in (*node.own_row, *node.related)] if node else []
         return fields + tuple(name for name in maintained if name not in fields)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: type[Model], admin_site: admin.AdminSite) -> None:
+        super().__init__(model, admin_site)  # type: ignore[call-arg]  # ModelAdmin's, after this mixin
         if self.actions is not None:  # None turns a ModelAdmin's actions off
             self.actions = (*self.actions, recompute_maintained_fields)  # type: ignore[has-type]
