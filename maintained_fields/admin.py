@@ -12,7 +12,9 @@ from .propagation import process, recompute_records
 
 
 @admin.action(description="Recompute maintained fields of the selected %(verbose_name_plural)s", permissions=["change"])
-def recompute_maintained_fields(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+def recompute_maintained_fields(
+    modeladmin: "admin.ModelAdmin[Any]", request: HttpRequest, queryset: "QuerySet[Any]"
+) -> None:
     node = get_graph().node(queryset.model)
     specs = (*node.own_row, *node.related) if node else ()
     pks = list(queryset.values_list("pk", flat=True))
@@ -32,13 +34,17 @@ class MaintainedModelAdminMixin:
     selected rows and what depends on them.
     """
 
+    # ModelAdmin's, which this mixin is combined with.
+    model: type[Model]
+    actions: Any
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))  # type: ignore[misc]
-        node = get_graph().node(self.model)  # type: ignore[attr-defined]
+        node = get_graph().node(self.model)
         maintained = [s.field.name for s in (*node.own_row, *node.related)] if node else []
         return fields + tuple(name for name in maintained if name not in fields)
 
     def __init__(self, model: type[Model], admin_site: admin.AdminSite) -> None:
         super().__init__(model, admin_site)  # type: ignore[call-arg]  # ModelAdmin's, after this mixin
         if self.actions is not None:  # None turns a ModelAdmin's actions off
-            self.actions = (*self.actions, recompute_maintained_fields)  # type: ignore[has-type]
+            self.actions = (*self.actions, recompute_maintained_fields)

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.core.management import CommandError
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, models
 
 from ...graph import Spec, get_graph
 
@@ -48,7 +48,7 @@ def positive(value: str) -> int:
 
 def selected_groups(
     targets: Sequence[str], labels: list[str] | None
-) -> Iterator[tuple[type, tuple[Spec, ...]]]:
+) -> Iterator[tuple[type[models.Model], tuple[Spec, ...]]]:
     """The chosen maintained fields, grouped by model, children before parents."""
     graph = get_graph()
     try:

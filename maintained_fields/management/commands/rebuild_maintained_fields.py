@@ -48,7 +48,7 @@ class Command(BaseCommand):
         self.stderr.ending = ""
         try:
             for model, specs in groups:
-                pks = models.QuerySet(model, using=database).values_list("pk", flat=True)
+                pks: models.QuerySet[Any, Any] = models.QuerySet(model, using=database).values_list("pk", flat=True)
                 with tqdm(
                     total=pks.count(),
                     desc=f"{model._meta.label} ({', '.join(spec.field.name for spec in specs)})",
