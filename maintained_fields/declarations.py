@@ -114,7 +114,8 @@ def declarations_of(model: type) -> dict[str, Declaration]:
     return found
 
 
-def maintained(field: Field[Any, Any], expression: Any, *, label: str | None = None) -> Field[Any, Any]:
+# Field without type arguments: the docs evaluate this hint at run time, where Field[...] fails.
+def maintained(field: Field, expression: Any, *, label: str | None = None) -> Field:  # type: ignore[type-arg]
     """Declare that the database computes ``field`` from ``expression``; return ``field``.
 
     ``expression`` is a Django expression over the row and its relations:
