@@ -11,7 +11,10 @@ from .modes import get_autoupdate_mode, override_autoupdate
 from .signals import maintained_values_written
 from .tracking import mark_changed
 
+__version__ = "0.1.0.dev0"  # the one version source: setup.cfg and docs/conf.py read it
+
 __all__ = [
+    "__version__",
     "MaintainedManager",
     "MaintainedModel",
     "MaintainedModelAdminMixin",

@@ -42,7 +42,7 @@ def record(db: str, labels: frozenset[str] | None, records: Records) -> None:
     if pending is None or not any(callback is pending[1] for _, callback, *_ in connection.run_on_commit):
         buffer = Buffer()
         callback = partial(_enqueue_buffer, db, buffer)
-        pending = connection._maintained_fields_pending = (buffer, callback)
+        pending = connection._maintained_fields_pending = (buffer, callback)  # type: ignore[attr-defined]  # ours
         transaction.on_commit(callback, using=db)
     if not pending[0].add(db, labels, records):  # taken by a callback that is running
         enqueue(db, labels, records)
@@ -155,7 +155,7 @@ def _key_field(dep: Dependency, index: int) -> Any:
     """The field whose values key the records of ``dep`` at ``index``."""
     if index < 0:
         hop = dep.hops[-index]
-        return dep.hops[-index - 1].model._meta.get_field(hop.parent_key)
+        return dep.hops[-index - 1].model._meta.get_field(hop.parent_key)  # type: ignore[arg-type]  # set on these hops
     return dep.hops[index].model._meta.pk
 
 

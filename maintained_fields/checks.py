@@ -53,7 +53,7 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
 def check_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     if not apps.is_installed("maintained_fields"):
         return []
-    warnings = []
+    warnings: list[checks.CheckMessage] = []
     for model, node in get_graph().nodes.items():
         if model._meta.auto_created:
             continue

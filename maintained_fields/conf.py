@@ -42,7 +42,7 @@ def tasks_framework() -> ModuleType:
         from django import tasks
     except ImportError:
         try:
-            import django_tasks as tasks
+            import django_tasks as tasks  # type: ignore[no-redef]  # the backport stands in for it
         except ImportError:
             raise ImproperlyConfigured(
                 "The 'background' mode hands maintenance to Django's tasks framework, which "
@@ -106,7 +106,7 @@ def validate(value: Any) -> dict[str, Any]:
     return config
 
 
-class MaintainedFieldsConf(AppConf):
+class MaintainedFieldsConf(AppConf):  # type: ignore[misc]  # django-appconf has no type hints
     FIELDS: dict[str, Any] = {}
 
     class Meta:
@@ -116,7 +116,7 @@ class MaintainedFieldsConf(AppConf):
         return validate(value)
 
 
-_cache: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+_cache: tuple[Any, Any, dict[str, Any]] | None = None  # (the setting, a copy of it, its validated form)
 
 
 def get_config() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db.models import F, Field, Q
+from django.db.models import F, Field, Model, Q
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -114,7 +114,8 @@ def declarations_of(model: type) -> dict[str, Declaration]:
     return found
 
 
-def maintained(field: Field, expression: Any, *, label: str | None = None) -> Field:
+# Field without type arguments: the docs evaluate this hint at run time, where Field[...] fails.
+def maintained(field: Field, expression: Any, *, label: str | None = None) -> Field:  # type: ignore[type-arg]
     """Declare that the database computes ``field`` from ``expression``; return ``field``.
 
     ``expression`` is a Django expression over the row and its relations:
@@ -145,10 +146,10 @@ def maintained(field: Field, expression: Any, *, label: str | None = None) -> Fi
     return field
 
 
-def expressions_of(model: type) -> dict[str, Declaration]:
+def expressions_of(model: type[Model]) -> dict[str, Declaration]:
     """The fields of ``model`` declared with maintained(), by field name,
     each with the paths its expression reads as depends_on."""
-    found = {}
+    found: dict[str, Declaration] = {}
     for field in model._meta.concrete_fields:
         declaration = getattr(field, EXPRESSION, None)
         if isinstance(declaration, Declaration):
@@ -164,13 +165,13 @@ def references(expression: Any) -> set[str]:
     if expression is None:
         return found
     if isinstance(expression, F):
-        found.add(expression.name)
+        found.add(expression.name)  # type: ignore[attr-defined]  # set by F.__init__; the stubs omit it
     elif isinstance(expression, Q):
         for child in expression.children:
             if isinstance(child, Q):
                 found |= references(child)
             else:
-                lookup, value = child
+                lookup, value = child  # type: ignore[misc]  # a Q's other children are (lookup, value)
                 found.add(lookup)
                 if hasattr(value, "resolve_expression"):
                     found |= references(value)
@@ -180,7 +181,7 @@ def references(expression: Any) -> set[str]:
     return found
 
 
-def _path(model: type, lookup: str) -> str:
+def _path(model: type[Model], lookup: str) -> str:
     """``lookup`` as a depends_on path: its relations and the field they end
     in, without lookups or transforms (``samples__weight__gt`` is
     ``samples__weight``); a path ending in a relation reads its keys

@@ -29,10 +29,10 @@ class MaintainedModelMixin:
     def save(self, *args: Any, **kwargs: Any) -> None:
         if args:
             kwargs.update(zip(_SAVE_ARGUMENTS, args))
-        tracking.save_instance(self, super().save, kwargs)  # type: ignore[misc]
+        tracking.save_instance(self, super().save, kwargs)  # type: ignore[misc,arg-type]  # mixed into a Model
 
     def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
-        return tracking.insert(self, super()._do_insert, manager, using, fields, returning_fields, raw)  # type: ignore[misc]
+        return tracking.insert(self, super()._do_insert, manager, using, fields, returning_fields, raw)  # type: ignore[misc,arg-type]
 
 
 class MaintainedModel(MaintainedModelMixin, models.Model):

@@ -189,7 +189,9 @@ class override_autoupdate:
         if scope.owns_buffer and scope.buffer is not None:
             await sync_to_async(_finish(scope), thread_sensitive=True)(scope.buffer, exc)
 
-    def _mode_for_call(self, signature: inspect.Signature | None, args: tuple, kwargs: dict[str, Any]) -> str | None:
+    def _mode_for_call(
+        self, signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str | None:
         if signature is None:
             return self.mode
         # Bound to the signature, so that the argument counts however it is passed.
@@ -198,7 +200,7 @@ class override_autoupdate:
         except TypeError:
             return self.mode  # the call itself raises the TypeError
         bound.apply_defaults()
-        value = bound.arguments.get(self.disable_when)
+        value = bound.arguments.get(self.disable_when)  # type: ignore[arg-type]  # set where a signature is
         if value is None:
             extra = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
             value = bound.arguments[extra[0]].get(self.disable_when) if extra else None
@@ -244,7 +246,7 @@ class override_autoupdate:
 
     def __call__(self, decorated: Decorated) -> Decorated:
         if isinstance(decorated, type):
-            return self._decorate_class(decorated)
+            return self._decorate_class(decorated)  # type: ignore[return-value]  # the class, decorated in place
         if not callable(decorated):
             raise TypeError(f"override_autoupdate cannot decorate {decorated!r}.")
         if inspect.isgeneratorfunction(decorated) or inspect.isasyncgenfunction(decorated):
@@ -308,7 +310,7 @@ class override_autoupdate:
             set_up(test)
 
         cls.setUpClass = classmethod(setUpClass)  # type: ignore[assignment]
-        cls.setUp = setUp  # type: ignore[method-assign]
+        cls.setUp = setUp  # type: ignore[method-assign,assignment]
         return cls
 
 

@@ -13,7 +13,7 @@ from .conf import tasks_framework
 from .propagation import process_retrying
 
 
-@tasks_framework().task()
+@tasks_framework().task()  # type: ignore[untyped-decorator]  # a module chosen at run time: its task() is untyped
 def recompute_recorded(database: str, labels: list[str] | None, records: list[list[Any]]) -> int:
     """Recompute what a background scope or transaction recorded, as a
     deferred flush does (same order, locks and retries), on the rows as they

@@ -24,6 +24,11 @@ INSTALLED_APPS = [
     "tests.modelcheck",
     "tests.ownrow",
     "tests.composite",
+    # Models defined by the docs' own code blocks (tests/doc_blocks.py).
+    "tests.docs_readme",
+    "tests.docs_quickstart",
+    "tests.docs_expressions",
+    "tests.docs_migrating",
 ]
 # The background mode's tasks: Django's own framework from 6.0, its backport before.
 TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"

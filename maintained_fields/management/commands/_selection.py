@@ -52,7 +52,7 @@ def positive(value: str) -> int:
 
 def selected_groups(
     targets: Sequence[str], labels: list[str] | None
-) -> Iterator[tuple[type, tuple[Spec, ...]]]:
+) -> Iterator[tuple[type[models.Model], tuple[Spec, ...]]]:
     """The chosen maintained fields, grouped by model, children before parents."""
     graph = get_graph()
     try:

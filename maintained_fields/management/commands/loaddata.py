@@ -14,7 +14,7 @@ class Command(loaddata.Command):
         "loaded and of the rows that depend on them (unless the mode in force is disabled)."
     )
 
-    def handle(self, *fixture_labels: str, **options: Any) -> None:
+    def handle(self, *fixture_labels: str, **options: Any) -> str | None:
         if get_autoupdate_mode() == DISABLED:
             return super().handle(*fixture_labels, **options)
         # Fixture rows are saved raw, one by one: record them, maintain at the end.

@@ -4,7 +4,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand
 from django.db import models, transaction
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         groups = list(selected_groups(targets, labels))
         # The bar goes to the stream under self.stderr: written through it, it
         # would take the error style (bold red on a terminal) and a newline.
-        stream = self.stderr._out
+        stream = cast(TextIO, self.stderr._out)
         bars = stream if verbosity > 0 and _is_terminal(stream) else None
         if dry_run:
             drift = would_change(groups, labels, database, batch_size, bars)
@@ -100,7 +100,7 @@ def rebuild(
     downstream: Records = {}
     with logging_above(bars) if bars else nullcontext():
         for model, specs in groups:
-            pks = models.QuerySet(model, using=database).values_list("pk", flat=True)
+            pks: models.QuerySet[Any, Any] = models.QuerySet(model, using=database).values_list("pk", flat=True)
             with tqdm(
                 total=pks.count(),
                 desc=f"{model._meta.label} ({', '.join(spec.field.name for spec in specs)})",
@@ -163,7 +163,7 @@ def _rebuild(
 
 def _is_terminal(stream: Any) -> bool:
     try:
-        return stream.isatty()
+        return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty(), or closed
         return False
 
@@ -198,7 +198,7 @@ def logging_above(bars: TextIO) -> Iterator[None]:
     replaced = [(handler, handler.setStream(_AboveTheBar(handler.stream, bars))) for handler in set(handlers)]
     # Where no handler is configured, logging writes warnings to sys.stderr itself.
     last_resort = logging.lastResort
-    if last_resort is not None and _is_terminal(last_resort.stream):
+    if isinstance(last_resort, logging.StreamHandler) and _is_terminal(last_resort.stream):
         logging.lastResort = logging.StreamHandler(_AboveTheBar(last_resort.stream, bars))
         logging.lastResort.setLevel(last_resort.level)
     try:
