@@ -69,7 +69,7 @@ def test_recompute_action_needs_change_permission(client, lab):
         study = Study.objects.create(name="Loaded", lab=lab)
         Sample.objects.create(study=study, name="a")
     viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_study"))
+    viewer.user_permissions.add(Permission.objects.get(codename="view_study", content_type__app_label="testapp"))
     client.force_login(viewer)
     page = client.get("/admin/testapp/study/").content.decode()
     assert f"/admin/testapp/study/{study.pk}/change/" in page  # the viewer sees the list...
