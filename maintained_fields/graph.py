@@ -602,6 +602,10 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
         for target in targets:
             waiting[target] += 1
     # Kahn's algorithm: each spec's layer is the earliest after everything it reads.
+    # Each layer keeps the declaration order (``feeds`` are sets of objects
+    # hashed by identity): the lock order derives from it, and must be the
+    # same in every process.
+    position = {spec: index for index, spec in enumerate(specs)}
     layer_of: dict[Spec, int] = {}
     layer, depth = [spec for spec in specs if waiting[spec] == 0], 0
     while layer:
@@ -612,7 +616,7 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
                 waiting[target] -= 1
                 if waiting[target] == 0:
                     following.append(target)
-        layer, depth = following, depth + 1
+        layer, depth = sorted(following, key=position.__getitem__), depth + 1
     # Fewer groups: a spec joins a later group of its model if it still comes
     # before everything that reads it (specs only ever move later, so what
     # reads a spec stays after it).
