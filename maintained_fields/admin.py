@@ -49,5 +49,6 @@ class MaintainedModelAdminMixin:
 
     def __init__(self, model: type[Model], admin_site: admin.AdminSite) -> None:
         super().__init__(model, admin_site)  # type: ignore[call-arg]  # ModelAdmin's, after this mixin
-        if self.actions is not None:  # None turns a ModelAdmin's actions off
+        # None turns a ModelAdmin's actions off; an inline has none.
+        if getattr(self, "actions", None) is not None:
             self.actions = (*self.actions, recompute_maintained_fields)

@@ -189,18 +189,19 @@ def _path(model: type[Model], lookup: str) -> str:
     for the system check to report."""
     names = lookup.split("__")
     current = model
+    relation: Any = None
     for position, name in enumerate(names):
         if name == "pk":
             return "__".join(names[: position + 1])
         try:
             found = current._meta.get_field(name)
         except FieldDoesNotExist:
-            if position == 0:
-                return lookup
+            if relation is None or not (relation.get_lookup(name) or relation.get_transform(name)):
+                return lookup  # a misspelt field ("product__nam"): the system check reports it
             return "__".join([*names[:position], "pk"])
         if not found.is_relation or found.related_model is None:
             return "__".join(names[: position + 1])
         if name == getattr(found, "attname", name) != found.name:  # "study_id": the key the row holds
             return "__".join([*names[:position], found.name, "pk"])
-        current = found.related_model
+        current, relation = found.related_model, found
     return f"{lookup}__pk"

@@ -622,7 +622,8 @@ def _order(graph: Graph, specs: list[Spec]) -> None:
     # reads a spec stays after it).
     for model_specs in by_model.values():
         for spec in sorted((s for s in model_specs if s in layer_of), key=layer_of.__getitem__):
-            free = range(layer_of[spec], min((layer_of[target] for target in feeds[spec]), default=depth))
+            # A spec in a cycle has no layer (check E004 reports the cycle).
+            free = range(layer_of[spec], min((layer_of.get(target, depth) for target in feeds[spec]), default=depth))
             layer_of[spec] = max((layer_of[o] for o in model_specs if layer_of.get(o, -1) in free), default=free.start)
     grouped: dict[tuple[int, type[models.Model]], list[Spec]] = {}
     for spec in sorted(layer_of, key=layer_of.__getitem__):

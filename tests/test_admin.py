@@ -19,6 +19,14 @@ def test_maintained_fields_are_read_only(admin_client, study):
     assert "Soil survey: 0 samples" in page  # shown, not editable
 
 
+def test_maintained_fields_of_an_inline_are_read_only(admin_client, study):
+    Sample.objects.create(study=study, name="a1")
+    page = admin_client.get(f"/admin/testapp/study/{study.pk}/change/").content.decode()
+    assert 'name="samples-0-name"' in page
+    assert 'name="samples-0-code"' not in page  # the mixin on an inline: shown, not editable
+    assert "A1" in page
+
+
 def test_editing_in_the_admin_with_inlines_and_many_to_many(admin_client, study):
     tag = Tag.objects.create(name="red")
     response = admin_client.post(

@@ -509,3 +509,71 @@ def test_generic_relations_proxies_and_generated_fields_are_errors():
             "testapp.PaperProxy declares maintained fields, but it is a proxy model",
         ),
     ]
+
+
+@isolate_apps("tests.testapp")
+def test_a_cycle_beside_another_maintained_field_of_its_model_is_reported():
+    # Found by a new user: the cycle crashed graph building with a KeyError
+    # as soon as the model had one more maintained field, outside the cycle.
+    from django.db.models import Count
+
+    from maintained_fields import maintained
+
+    class Parent(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        n = models.IntegerField(default=0)
+        m = maintained(models.IntegerField(default=0), Count("kids"))
+
+        @maintained_field("n", depends_on=["kids"])
+        def compute_n(self):
+            return 0
+
+    class Kid(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        parent = models.ForeignKey(Parent, models.CASCADE, related_name="kids")
+        parent_n = models.IntegerField(default=0)
+
+        @maintained_field("parent_n", depends_on=["parent"])
+        def compute_parent_n(self):
+            return 0
+
+    assert messages(Parent, Kid) == [
+        (
+            "maintained_fields.E004",
+            "Maintained fields depend on each other in a cycle: testapp.Kid.parent_n "
+            "-> testapp.Parent.n -> testapp.Kid.parent_n.",
+        )
+    ]
+
+
+@isolate_apps("tests.testapp")
+def test_a_misspelt_field_after_a_relation_in_an_expression_is_an_error():
+    # Found by a new user: Upper("product__nam") passed the checks, and every
+    # write then failed with Django's FieldError.
+    from django.db.models import Count, F, Q
+    from django.db.models.functions import Upper
+
+    from maintained_fields import maintained
+
+    class Product(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        name = models.CharField(max_length=10)
+        line_count = maintained(models.IntegerField(default=0), Count("lines", filter=Q(lines__isnull=False)))
+
+    class Line(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        product = models.ForeignKey(Product, models.CASCADE, related_name="lines")
+        product_name = maintained(models.CharField(max_length=10, default=""), Upper("product__nam"))
+        copy = maintained(models.CharField(max_length=10, default=""), F("product__name"))
+
+    assert [(id, msg.split(",")[0]) for id, msg in messages(Product, Line)] == [
+        ("maintained_fields.E002", "testapp.Line.product_name's maintained() expression depends on 'product__nam'"),
+    ]

@@ -5,9 +5,9 @@ from maintained_fields import MaintainedModelAdminMixin
 from .models import Sample, Study, Tag
 
 
-class SampleInline(admin.TabularInline):
+class SampleInline(MaintainedModelAdminMixin, admin.TabularInline):
     model = Sample
-    fields = ["name", "weight"]
+    fields = ["name", "weight", "code"]
     extra = 1
 
 
