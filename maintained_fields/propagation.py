@@ -483,7 +483,7 @@ def dispatch(
 
 def records_for(
     node: ModelNode,
-    instance: models.Model,
+    instance: models.Model | SimpleNamespace,
     *,
     labels: frozenset[str] | None,
     created: bool = False,

@@ -542,7 +542,9 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
         )
 
 
-def delete_queryset(queryset: models.QuerySet, delete: Callable[[], Any]) -> Any:
+def delete_queryset(
+    queryset: models.QuerySet[Any], delete: Callable[[], tuple[int, dict[str, int]]]
+) -> tuple[int, dict[str, int]]:
     """``MaintainedQuerySet.delete()``: the rows that depend on the deleted
     ones through many-to-many or forward hops are found for all of them at
     once, in one query per path and batch, not one per deleted row."""
