@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from django.apps import apps
 from django.core import checks
@@ -23,7 +23,7 @@ from django.db import models
 from django.db.models import ForeignObjectRel
 from django.db.models.functions import Cast
 
-from .declarations import ATTRIBUTE, declarations_of, expressions_of
+from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of
 
 OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
 
@@ -37,11 +37,11 @@ class Hop:
     lookup: str  # ORM lookup from the maintained model to these rows ("" at hop 0)
     kind: str  # OWN, FORWARD, REVERSE or M2M: how the previous hop reaches these rows
     up_link: str | None  # REVERSE: attname on these rows pointing at the previous hop's row
-    m2m_field: models.ManyToManyField | None  # M2M: the field that declares the relation
+    m2m_field: models.ManyToManyField[Any, Any] | None  # M2M: the field that declares the relation
     m2m_forward: bool  # M2M: the previous hop's model declares m2m_field
     triggers: frozenset[str] | None  # attnames whose change counts; None: any change
     # FORWARD, REVERSE: the foreign key followed from the previous hop, or back to it.
-    foreign_key: models.ForeignKey | None = None
+    foreign_key: models.ForeignKey[Any, Any] | None = None
     # REVERSE: the field of the previous hop's rows that up_link holds, where it
     # is not their primary key (ForeignKey(to_field=...)).
     parent_key: str | None = None
@@ -73,7 +73,7 @@ class Spec:
     """A resolved maintained field: the model, the field and the method computing it."""
 
     model: type[models.Model]
-    field: models.Field
+    field: models.Field[Any, Any]
     method_name: str
     label: str | None
     depends_on: tuple[str, ...]
@@ -133,7 +133,7 @@ class Spec:
 
     def compute(self, instance: models.Model) -> Any:
         if self.expression is not None:
-            rows = models.QuerySet(self.model, using=instance._state.db).filter(pk=instance.pk)
+            rows: models.QuerySet[Any] = models.QuerySet(self.model, using=instance._state.db).filter(pk=instance.pk)
             rows = rows.annotate(_maintained_value=self.annotation())
             return rows.values_list("_maintained_value", flat=True).first()
         # A migration's historical instance has no methods: lend it the model's.
@@ -156,7 +156,7 @@ def stored_as(spec: Spec, expression: Any) -> Any:
 def _isolate(expression: Any, model: type[models.Model]) -> Any:
     def subquery(node: Any) -> Any:
         if isinstance(node, models.Aggregate):
-            rows = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
+            rows: models.QuerySet[Any] = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
             return models.Subquery(rows.annotate(_maintained_value=node).values("_maintained_value"))
         return None
 
@@ -174,7 +174,7 @@ def _outer_references(expression: Any) -> tuple[set[str], bool]:
             aggregates = True
             return node
         if isinstance(node, models.F):
-            names.add(node.name)
+            names.add(node.name)  # type: ignore[attr-defined]  # set by F.__init__; the stubs omit it
             return node
         return None
 
@@ -237,10 +237,10 @@ class Graph:
     walk_locks: frozenset[type[models.Model]] = frozenset()
     # Per model, the foreign keys onto it that a path follows and whose
     # on_delete moves the children to another row (SET, SET_DEFAULT, custom).
-    moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey, ...]] = field(default_factory=dict)
+    moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey[Any, Any], ...]] = field(default_factory=dict)
 
     def node(self, model: type[models.Model]) -> ModelNode | None:
-        return self.nodes.get(model._meta.concrete_model)
+        return self.nodes.get(cast(type[models.Model], model._meta.concrete_model))
 
     def select(self, targets: Iterable[str] = (), labels: Iterable[str] | None = None) -> list[Spec]:
         """The specs of the models named ``app_label`` or ``app_label.Model``, in order.
@@ -331,7 +331,7 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
                 steps.append((FORWARD, found, related, True))
             else:
                 raise _PathError(f"{name!r} is a generic relation, which depends_on cannot follow")
-            current = related._meta.concrete_model
+            current = cast(type[models.Model], related._meta.concrete_model)
         else:
             if position != len(names) - 1:
                 raise _PathError(
@@ -339,7 +339,8 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
                     "only the last part of a path can be a field",
                     "__".join(names[: position + 1]),
                 )
-            if found.primary_key and hasattr(found, "fields"):  # a composite key: the columns it is made of
+            # a composite key: the columns it is made of (found is a Field: relations took the branch above)
+            if found.primary_key and hasattr(found, "fields"):  # type: ignore[union-attr]
                 terminal = {field.attname for field in found.fields}
             elif not found.concrete:
                 raise _PathError(f"{name!r} of {current._meta.label} is not a database column")
@@ -366,7 +367,7 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
         hops.append(
             Hop(
                 index=index,
-                model=related._meta.concrete_model,
+                model=cast(type[models.Model], related._meta.concrete_model),
                 lookup="__".join(names[:index]),
                 kind=kind,
                 up_link=relation.attname if kind == REVERSE else None,
@@ -380,7 +381,7 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
     return tuple(hops)
 
 
-def _parent_key(foreign_key: models.ForeignKey) -> str | None:
+def _parent_key(foreign_key: models.ForeignKey[Any, Any]) -> str | None:
     """The name of the field a foreign key points at, None for the primary key."""
     target = foreign_key.target_field
     return None if target.primary_key else target.name
@@ -417,9 +418,11 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
                 _error(
                     9,
                     f"{meta.label} declares maintained fields, but it is a proxy model: maintained "
-                    f"fields belong to the concrete model, {meta.concrete_model._meta.label}.",
+                    "fields belong to the concrete model, "
+                    f"{cast(type[models.Model], meta.concrete_model)._meta.label}.",
                     model,
-                    f"Move the @maintained_field methods to {meta.concrete_model._meta.label}.",
+                    "Move the @maintained_field methods to "
+                    f"{cast(type[models.Model], meta.concrete_model)._meta.label}.",
                 )
             )
         if meta.abstract or meta.proxy:
@@ -459,12 +462,12 @@ _DATABASE_ON_DELETE = tuple(
 def _unseen_writes(graph: Graph, model_list: Iterable[type[models.Model]]) -> list[checks.CheckMessage]:
     """Errors for models in the graph whose rows can change where no signal is sent:
     multi-table inheritance and database-level ``on_delete``."""
-    errors = []
+    errors: list[checks.CheckMessage] = []
     concrete_children: dict[type[models.Model], list[type[models.Model]]] = defaultdict(list)
     for model in model_list:
         if not model._meta.proxy:
             for parent in model._meta.parents:
-                concrete_children[parent._meta.concrete_model].append(model)
+                concrete_children[cast(type[models.Model], parent._meta.concrete_model)].append(model)
     for model in graph.nodes:
         meta = model._meta
         if meta.auto_created:
@@ -483,8 +486,9 @@ def _unseen_writes(graph: Graph, model_list: Iterable[type[models.Model]]) -> li
                 )
             )
         for foreign_key in meta.concrete_fields:
-            if foreign_key.many_to_one and foreign_key.remote_field.on_delete in _DATABASE_ON_DELETE:
-                action = foreign_key.remote_field.on_delete.__name__
+            # many_to_one: a ForeignKey, whose remote_field is set
+            if foreign_key.many_to_one and foreign_key.remote_field.on_delete in _DATABASE_ON_DELETE:  # type: ignore[union-attr]
+                action = foreign_key.remote_field.on_delete.__name__  # type: ignore[union-attr]
                 errors.append(
                     _error(
                         7,
@@ -499,7 +503,13 @@ def _unseen_writes(graph: Graph, model_list: Iterable[type[models.Model]]) -> li
     return errors
 
 
-def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
+def _spec(
+    model: type[models.Model],
+    method_name: str,
+    declaration: Declaration,
+    seen: dict[tuple[type[models.Model], str], str],
+    errors: list[checks.CheckMessage],
+) -> Spec | None:
     meta = model._meta
     where = f"{meta.label}.{method_name}()"
     if declaration.expression is not None:
@@ -565,7 +575,7 @@ def _spec(model, method_name, declaration, seen, errors) -> Spec | None:
     spec.deps = tuple(deps)
     spec.own_row = all(len(dep.hops) == 1 for dep in deps)
     if spec.own_row:
-        spec.own_triggers = frozenset().union(*(dep.hops[0].triggers for dep in deps))
+        spec.own_triggers = frozenset().union(*(cast(frozenset[str], dep.hops[0].triggers) for dep in deps))
         spec.after_write = bool(spec.own_triggers & _set_by_the_write(model))
     return spec
 
@@ -708,7 +718,8 @@ def _index(graph: Graph) -> None:
             for hop in dep.hops:
                 edges[hop.model].append((dep, hop))
                 if hop.kind == M2M:
-                    through = hop.m2m_field.remote_field.through._meta.concrete_model
+                    # an M2M hop has its m2m_field
+                    through: type[models.Model] = hop.m2m_field.remote_field.through._meta.concrete_model  # type: ignore[union-attr,assignment]
                     m2m[through].append((dep, hop))
                     if not through._meta.auto_created:
                         edges[through].append((dep, _through_hop(hop, through)))
@@ -716,7 +727,7 @@ def _index(graph: Graph) -> None:
         node = nodes.setdefault(model, ModelNode(model))
         node.edges = tuple(model_edges)
         node.saved_edges = tuple((dep, hop) for dep, hop in model_edges if not (hop.index == 0 and dep.spec.own_row))
-        node.up_links = frozenset(hop.up_link for _, hop in model_edges if hop.kind == REVERSE)
+        node.up_links = frozenset(cast(str, hop.up_link) for _, hop in model_edges if hop.kind == REVERSE)
         # A write that moves a row off a parent must say which parent it left,
         # whether or not the path ends in a field.
         node.tracked = node.up_links.union(
@@ -728,7 +739,7 @@ def _index(graph: Graph) -> None:
         )
     graph.nodes = nodes
     graph.m2m = {through: tuple(found) for through, found in m2m.items()}
-    first_group = {}
+    first_group: dict[type[models.Model], int] = {}
     for position, (model, _) in enumerate(graph.order):
         first_group.setdefault(model, position)
     graph.model_order = _lock_order(nodes, first_group)
@@ -740,12 +751,13 @@ def _index(graph: Graph) -> None:
     graph.specs = tuple(spec for _, group in graph.order for spec in group)
     graph.walk_locks = _walk_locks(graph)
     _mark_locks_first(graph)
-    moved: dict[type[models.Model], list[models.ForeignKey]] = defaultdict(list)
+    moved: dict[type[models.Model], list[models.ForeignKey[Any, Any]]] = defaultdict(list)
     for model, node in nodes.items():
         for foreign_key in model._meta.concrete_fields:
             if foreign_key.many_to_one and foreign_key.attname in node.up_links:
-                if foreign_key.remote_field.on_delete not in _KEEPS_OR_CLEARS:
-                    moved[foreign_key.related_model._meta.concrete_model].append(foreign_key)
+                # many_to_one: a ForeignKey, with its remote_field and related_model
+                if foreign_key.remote_field.on_delete not in _KEEPS_OR_CLEARS:  # type: ignore[union-attr,operator]
+                    moved[foreign_key.related_model._meta.concrete_model].append(foreign_key)  # type: ignore[union-attr,index,arg-type]
     graph.moved_on_delete = {model: tuple(found) for model, found in moved.items()}
 
 
@@ -799,8 +811,9 @@ def _walk_locks(graph: Graph) -> frozenset[type[models.Model]]:
                 component[find(hop.model)] = find(spec.model)
     for model in graph.nodes:
         for foreign_key in model._meta.concrete_fields:
-            if foreign_key.many_to_one and foreign_key.related_model._meta.concrete_model in graph.nodes:
-                component[find(foreign_key.related_model._meta.concrete_model)] = find(model)
+            # many_to_one: a ForeignKey, with its related_model
+            if foreign_key.many_to_one and foreign_key.related_model._meta.concrete_model in graph.nodes:  # type: ignore[union-attr,operator]
+                component[find(foreign_key.related_model._meta.concrete_model)] = find(model)  # type: ignore[union-attr]
     last: dict[type[models.Model], int] = {}
     out_of_order = set()
     for model, _ in graph.order:
@@ -835,9 +848,10 @@ def _lock_order(
     parents: dict[type[models.Model], set[type[models.Model]]] = {}
     for model in nodes:
         parents[model] = {
-            f.related_model._meta.concrete_model
+            # many_to_one: a ForeignKey, with its related_model
+            f.related_model._meta.concrete_model  # type: ignore[union-attr]
             for f in model._meta.concrete_fields
-            if f.many_to_one and f.related_model._meta.concrete_model in nodes
+            if f.many_to_one and f.related_model._meta.concrete_model in nodes  # type: ignore[union-attr,operator]
         } - {model}
     children: dict[type[models.Model], list[type[models.Model]]] = defaultdict(list)
     for model, found in parents.items():
@@ -862,13 +876,14 @@ def _lock_order(
 def _through_hop(hop: Hop, through: type[models.Model]) -> Hop:
     """A row of a custom ``through`` model, saved or deleted on its own, links
     the previous hop's row (through one of its foreign keys) to this hop's."""
-    field = hop.m2m_field
+    field = cast("models.ManyToManyField[Any, Any]", hop.m2m_field)  # an M2M hop's
     mine, theirs = field.m2m_field_name(), field.m2m_reverse_field_name()
     if not hop.m2m_forward:
         mine, theirs = theirs, mine
-    up_link = through._meta.get_field(mine).attname
-    other = through._meta.get_field(theirs).attname
-    foreign_key = through._meta.get_field(mine)
+    # the through model's foreign keys
+    up_link = through._meta.get_field(mine).attname  # type: ignore[union-attr]
+    other = through._meta.get_field(theirs).attname  # type: ignore[union-attr]
+    foreign_key = cast("models.ForeignKey[Any, Any]", through._meta.get_field(mine))
     return Hop(
         index=hop.index,
         model=through,

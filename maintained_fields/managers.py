@@ -7,10 +7,10 @@ depend on, to get the same for its bulk writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from contextlib import nullcontext
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from django.db import models, transaction
 from django.db.models import Q
@@ -34,7 +34,7 @@ from .writes import chunks, locking
 from .writes import lock as _lock
 
 
-class MaintainedQuerySet(models.QuerySet):
+class MaintainedQuerySet(models.QuerySet[Any]):
     """A QuerySet whose ``update()``, ``bulk_create()`` and ``bulk_update()``
     keep maintained fields right, in the mode in force.
 
@@ -52,8 +52,9 @@ class MaintainedQuerySet(models.QuerySet):
     def delete(self) -> tuple[int, dict[str, int]]:
         return delete_queryset(self, super().delete)
 
-    delete.alters_data = True
-    delete.queryset_only = True
+    # Django's flags on QuerySet methods, which the stubs do not declare on functions
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
 
     def update(self, **kwargs: Any) -> int:
         scope, node = self._maintenance()
@@ -61,10 +62,10 @@ class MaintainedQuerySet(models.QuerySet):
             return super().update(**kwargs)
         written = frozenset(self.model._meta.get_field(name).attname for name in kwargs)
         with _atomic(scope, self.db, moving=bool(node.up_links & written)):
-            reading = self
+            reading: models.QuerySet[Any] = self
             if self.query.select_for_update and not transaction.get_connection(self.db).in_atomic_block:
                 # Plain Django ignores the lock in an update() outside a transaction; so does the read.
-                reading = self._chain()
+                reading = self._chain()  # type: ignore[attr-defined]  # private: the stubs omit it
                 reading.query.select_for_update = False
             columns = ("pk", *((node.tracked & written) | node.up_links))
             new = _plain(node, kwargs)
@@ -103,7 +104,7 @@ class MaintainedQuerySet(models.QuerySet):
             dispatch(scope, self.db, records)
         return count
 
-    update.alters_data = True
+    update.alters_data = True  # type: ignore[attr-defined]
 
     def bulk_create(
         self,
@@ -111,10 +112,10 @@ class MaintainedQuerySet(models.QuerySet):
         batch_size: int | None = None,
         ignore_conflicts: bool = False,
         update_conflicts: bool = False,
-        update_fields: Sequence[str] | None = None,
-        unique_fields: Sequence[str] | None = None,
+        update_fields: Collection[str] | None = None,
+        unique_fields: Collection[str] | None = None,
     ) -> list[models.Model]:
-        options = {
+        options: dict[str, Any] = {
             "batch_size": batch_size,
             "ignore_conflicts": ignore_conflicts,
             "update_conflicts": update_conflicts,
@@ -151,6 +152,7 @@ class MaintainedQuerySet(models.QuerySet):
                     merge(records, new)
             merge(records, recompute_records(later, [obj.pk for obj in created if obj.pk is not None]))
             unnamed = [obj for obj in created if obj.pk is None]
+            row: dict[str, Any] | SimpleNamespace  # a row's values, then a row
             if unnamed and ignore_conflicts:
                 # The database did not say which keys it gave: find the rows by
                 # their unique fields, to compute what they read through relations.
@@ -165,7 +167,7 @@ class MaintainedQuerySet(models.QuerySet):
         return created
 
     def _conflicting(
-        self, objs: list[models.Model], unique_fields: Sequence[str] | None, node: ModelNode
+        self, objs: list[models.Model], unique_fields: Collection[str] | None, node: ModelNode
     ) -> dict[Any, dict[str, Any]]:
         """The rows that ``objs`` would conflict with, by pk, with their tracked values.
 
@@ -177,19 +179,21 @@ class MaintainedQuerySet(models.QuerySet):
         rows: dict[Any, dict[str, Any]] = {}
         for names in key_sets:
             attnames = [meta.get_field(name).attname for name in names]
-            keys = {tuple(getattr(obj, a) for a in attnames) for obj in objs}
+            keys: Iterable[tuple[Any, ...]] = {tuple(getattr(obj, a) for a in attnames) for obj in objs}
             keys = [key for key in keys if None not in key]
             for batch in chunks(keys, get_config()["BATCH_SIZE"]):
                 condition = Q()
                 for key in batch:
                     condition |= Q(**dict(zip(attnames, key)))
-                found = models.QuerySet(self.model, using=self.db).filter(condition).values("pk", *node.tracked)
+                found: models.QuerySet[Any] = (
+                    models.QuerySet(self.model, using=self.db).filter(condition).values("pk", *node.tracked)
+                )
                 rows.update((row["pk"], row) for row in found)
         return rows
 
-    bulk_create.alters_data = True
+    bulk_create.alters_data = True  # type: ignore[attr-defined]
 
-    def bulk_update(self, objs: Iterable[models.Model], fields: Sequence[str], batch_size: int | None = None) -> int:
+    def bulk_update(self, objs: Iterable[models.Model], fields: Iterable[str], batch_size: int | None = None) -> int:
         scope, node = self._maintenance()
         if node is None:
             return super().bulk_update(objs, fields, batch_size=batch_size)
@@ -210,7 +214,9 @@ class MaintainedQuerySet(models.QuerySet):
             before = _rows(self.model, self.db, [obj.pk for obj in objs], columns, lock=True)
             lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
             # A plain QuerySet: bulk_update() calls update(), which must not record again.
-            count = models.QuerySet(self.model, using=self.db).bulk_update(objs, fields, batch_size=batch_size)
+            count = cast("models.QuerySet[models.Model]", models.QuerySet(self.model, using=self.db)).bulk_update(
+                objs, fields, batch_size=batch_size
+            )
             records: Records = {}
             for obj in objs:
                 old = before.get(obj.pk)
@@ -222,7 +228,7 @@ class MaintainedQuerySet(models.QuerySet):
             dispatch(scope, self.db, records)
         return count
 
-    bulk_update.alters_data = True
+    bulk_update.alters_data = True  # type: ignore[attr-defined]
 
 
 class MaintainedManager(models.Manager.from_queryset(MaintainedQuerySet)):  # type: ignore[misc]
@@ -244,11 +250,11 @@ def _plain(node: ModelNode, values: dict[str, Any]) -> dict[str, Any]:
     found = {}
     keys = {field.attname for field in node.model._meta.pk_fields}
     for name, value in values.items():
-        field = node.model._meta.get_field(name)
+        field = cast("models.Field[Any, Any]", node.model._meta.get_field(name))  # update() takes fields
         if field.attname in node.up_links | keys and not hasattr(value, "resolve_expression"):
             # The column holds the field the key points at, the primary key or a to_field.
             if isinstance(value, models.Model):
-                value = getattr(value, field.target_field.attname)
+                value = getattr(value, field.target_field.attname)  # type: ignore[attr-defined]  # a ForeignKey's
             found[field.attname] = value
     return found
 
@@ -280,7 +286,7 @@ def _unique_sets(model: type[models.Model]) -> list[list[str]]:
 
 def _rows(
     model: type[models.Model], db: str, pks: Iterable[Any], attnames: Iterable[str], lock: bool = False
-) -> dict[Any, dict]:
+) -> dict[Any, dict[str, Any]]:
     """{pk: {"pk": pk, attname: value}} for the rows ``pks`` that exist, in batches.
 
     With ``lock``, where rows are locked before a write, they are locked too.
@@ -288,7 +294,7 @@ def _rows(
     rows = {}
     locked = lock and locking(db)
     for batch in chunks(sorted(pks) if locked else pks, get_config()["BATCH_SIZE"]):
-        found = models.QuerySet(model, using=db).filter(pk__in=batch)
+        found: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=batch)
         if locked:
             found = _lock(found.order_by("pk"))
         for row in found.values("pk", *attnames):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from functools import partial
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from django.db import DatabaseError, connections, models, transaction
 
@@ -169,7 +169,9 @@ def lock_first(
         transaction.savepoint_commit(savepoint, using=db)
 
 
-def _late(found: dict[type[models.Model], set[Any]], wanted: dict[type[models.Model], set[Any]]) -> dict:
+def _late(
+    found: dict[type[models.Model], set[Any]], wanted: dict[type[models.Model], set[Any]]
+) -> dict[type[models.Model], set[Any]]:
     """The rows of ``found`` not in ``wanted``, by model."""
     late = {model: rows - wanted.get(model, set()) for model, rows in found.items()}
     return {model: rows for model, rows in late.items() if rows}
@@ -267,7 +269,7 @@ def _walk_reach(
         node = graph.nodes[model]
         written = frozenset(spec.field.attname for spec in specs)
         links = [
-            hop.up_link
+            cast(str, hop.up_link)  # a REVERSE hop's
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & written)
         ]
@@ -291,8 +293,8 @@ def rows_with_links(
     if not links and not lock:
         return [SimpleNamespace(pk=pk) for pk in pks]
 
-    def query(batch: list[Any]) -> models.QuerySet:
-        rows = models.QuerySet(model, using=db).filter(pk__in=batch)
+    def query(batch: list[Any]) -> models.QuerySet[Any]:
+        rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=batch)
         return (lock_rows_of(rows.order_by("pk")) if lock else rows).values_list("pk", *links)
 
     found = []
@@ -447,7 +449,7 @@ def _transient(error: DatabaseError) -> bool:
     pgcode = getattr(cause, "pgcode", None)
     if pgcode in _POSTGRESQL_TRANSIENT:
         return True
-    args = getattr(cause, "args", ())
+    args: tuple[Any, ...] = getattr(cause, "args", ())
     return bool(args) and args[0] in _MYSQL_TRANSIENT
 
 
@@ -481,7 +483,7 @@ def dispatch(
 
 def records_for(
     node: ModelNode,
-    instance: models.Model,
+    instance: models.Model | SimpleNamespace,
     *,
     labels: frozenset[str] | None,
     created: bool = False,
@@ -506,8 +508,8 @@ def records_for(
             elif not hop.triggers & changed:
                 continue
         if hop.kind == REVERSE:
-            parent = getattr(instance, hop.up_link)
-            previous = old.get(hop.up_link) if old else None
+            parent = getattr(instance, cast(str, hop.up_link))
+            previous = old.get(cast(str, hop.up_link)) if old else None
             for value in (parent, previous) if previous != parent else (parent,):
                 if value is not None:
                     key = (dep, hop.record_index)

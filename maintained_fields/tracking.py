@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, models, router, transaction
 from django.db.models import signals
@@ -54,7 +54,7 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     if written is not None:
         added = [spec.field.name for spec in own_row if spec.field.attname not in written]
         if added:
-            kwargs["update_fields"] = [*update_fields, *added]
+            kwargs["update_fields"] = [*update_fields, *added]  # type: ignore[misc]  # set, as written is
             written |= {spec.field.attname for spec in own_row}
     using = kwargs["using"] = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
     # A write that may move an existing row reads where it was and writes in
@@ -158,10 +158,19 @@ def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, 
 def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
     if update_fields is None:
         return None
-    return frozenset(instance._meta.get_field(name).attname for name in update_fields)
+    return frozenset(cast("models.Field[Any, Any]", instance._meta.get_field(name)).attname for name in update_fields)
 
 
-def _save_and_record(instance, save, kwargs, node, scope, using, written, own_row) -> None:
+def _save_and_record(
+    instance: models.Model,
+    save: Callable[..., None],
+    kwargs: dict[str, Any],
+    node: ModelNode,
+    scope: modes.Scope,
+    using: str,
+    written: frozenset[str] | None,
+    own_row: list[Spec],
+) -> None:
     adding = instance._state.adding
     if not adding and reaches_first(node, scope, written, using):
         before = _read_before(instance, node, using, written, refresh=False)
@@ -260,7 +269,7 @@ def _read_before(
         columns |= node.related_attnames if written is None else node.related_attnames & written
     if not columns:
         return None
-    rows = models.QuerySet(node.model, using=using).filter(pk=instance.pk)
+    rows: models.QuerySet[Any] = models.QuerySet(node.model, using=using).filter(pk=instance.pk)
     if lock and locking(using):
         rows = lock_rows_of(rows)
     row = rows.values(*columns).first()
@@ -343,7 +352,7 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
         if hop.kind == REVERSE and hop.index == 1:
             key = (dep.spec.model, hop.parent_key or "pk")
             for row, old in rows:
-                for value in (getattr(row, hop.up_link), old.get(hop.up_link) if old else None):
+                for value in (getattr(row, cast(str, hop.up_link)), old.get(cast(str, hop.up_link)) if old else None):
                     if value is not None:
                         locks.setdefault(key, set()).add(value)
     order = get_graph().model_order
@@ -421,34 +430,41 @@ def loading_fixtures() -> Iterator[None]:
                     signals.post_save.disconnect(sender=sender, dispatch_uid=_uid(sender))
 
 
-def _pre_save_raw(sender, instance, raw, using, **kwargs) -> None:
+def _pre_save_raw(sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any) -> None:
     if not (raw and _loading_fixtures.get()):
         return
     # The row is written as it stands: where it pointed before must be read now.
-    old = _read_before(instance, get_graph().node(sender), using, None, refresh=False)
+    old = _read_before(instance, cast(ModelNode, get_graph().node(sender)), using, None, refresh=False)
     instance.__dict__[_OLD] = old
 
 
-def _post_save_raw(sender, instance, raw, using, **kwargs) -> None:
+def _post_save_raw(sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any) -> None:
     # After the write: a fixture row without a primary key has one only now.
     if not raw or _OLD not in instance.__dict__:
         return
     old = instance.__dict__.pop(_OLD)
     scope = modes.current_scope()
-    node = get_graph().node(sender)
+    node = cast(ModelNode, get_graph().node(sender))  # connected for the models of the graph
     records = records_for(node, instance, labels=scope.labels, created=True, old=old)
     specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
     merge(records, recompute_records(specs, [instance.pk]))
     dispatch(scope, using, records)
 
 
-def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
+def _pre_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    raw: bool,
+    using: str,
+    update_fields: Iterable[str] | None,
+    **kwargs: Any,
+) -> None:
     if raw:
         return _pre_save_raw(sender, instance, raw, using)
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
-    node = get_graph().node(sender)
+    node = cast(ModelNode, get_graph().node(sender))  # connected for the models of the graph
     written = attnames_of(instance, update_fields)
     if not instance._state.adding and reaches_first(node, scope, written, using):
         before = _read_before(instance, node, using, written, refresh=False)
@@ -459,14 +475,16 @@ def _pre_save(sender, instance, raw, using, update_fields, **kwargs) -> None:
     instance.__dict__[_OLD] = (instance._state.adding, written, old)
 
 
-def _post_save(sender, instance, created, raw, using, **kwargs) -> None:
+def _post_save(
+    sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kwargs: Any
+) -> None:
     if raw:
         return _post_save_raw(sender, instance, raw, using)
     state = instance.__dict__.pop(_OLD, None)
     if state is None:
         return
     scope = modes.current_scope()
-    node = get_graph().node(sender)
+    node = cast(ModelNode, get_graph().node(sender))  # connected for the models of the graph
     adding, written, old = state
     records = records_for(
         node,
@@ -495,12 +513,14 @@ class _PendingDelete:
         self.moved: dict[type[models.Model], set[Any]] = {}
 
 
-def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
+def _pre_delete(
+    sender: type[models.Model], instance: models.Model, using: str, origin: Any = None, **kwargs: Any
+) -> None:
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
     graph = get_graph()
-    node = graph.node(sender)
+    node = cast(ModelNode, graph.node(sender))  # connected for the models of the graph
     holder = origin if origin is not None else instance
     key = (node.model, instance.pk)
     pending = holder.__dict__.get(_DELETING)
@@ -525,7 +545,7 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
         if hop.kind == REVERSE:
             # The row this one points at is not changed by deleting this one: it
             # can be resolved after the delete.
-            value = fresh[hop.up_link] if fresh else getattr(instance, hop.up_link)
+            value = fresh[cast(str, hop.up_link)] if fresh else getattr(instance, cast(str, hop.up_link))
             if value is not None:
                 records.setdefault((dep, hop.record_index), set()).add(value)
         elif not done:
@@ -534,15 +554,17 @@ def _pre_delete(sender, instance, using, origin=None, **kwargs) -> None:
                 records.setdefault((dep, 0), set()).update(targets)
     merge(pending.records, records)
     for foreign_key in graph.moved_on_delete.get(node.model, ()):
-        children = models.QuerySet(foreign_key.model, using=using).filter(
+        children: models.QuerySet[Any] = models.QuerySet(foreign_key.model, using=using).filter(
             **{foreign_key.attname: getattr(instance, foreign_key.target_field.attname)}
         )
-        pending.moved.setdefault(foreign_key.model._meta.concrete_model, set()).update(
+        pending.moved.setdefault(cast(type[models.Model], foreign_key.model._meta.concrete_model), set()).update(
             children.values_list("pk", flat=True)
         )
 
 
-def delete_queryset(queryset: models.QuerySet, delete: Callable[[], Any]) -> Any:
+def delete_queryset(
+    queryset: models.QuerySet[Any], delete: Callable[[], tuple[int, dict[str, int]]]
+) -> tuple[int, dict[str, int]]:
     """``MaintainedQuerySet.delete()``: the rows that depend on the deleted
     ones through many-to-many or forward hops are found for all of them at
     once, in one query per path and batch, not one per deleted row."""
@@ -570,7 +592,9 @@ def delete_queryset(queryset: models.QuerySet, delete: Callable[[], Any]) -> Any
         del queryset.__dict__[_RESOLVED]
 
 
-def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
+def _post_delete(
+    sender: type[models.Model], instance: models.Model, using: str, origin: Any = None, **kwargs: Any
+) -> None:
     holder = origin if origin is not None else instance
     pending = holder.__dict__.get(_DELETING)
     if pending is None:
@@ -590,13 +614,22 @@ def _post_delete(sender, instance, using, origin=None, **kwargs) -> None:
 # gained or lost related rows.
 
 
-def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs) -> None:
+def _m2m_changed(
+    sender: type[models.Model],
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    model: type[models.Model],
+    pk_set: set[Any] | None,
+    using: str,
+    **kwargs: Any,
+) -> None:
     if action not in ("pre_add", "post_add", "post_remove", "pre_clear", "post_clear"):
         return
     scope = modes.current_scope()
     if scope.mode == modes.DISABLED:
         return
-    edges = get_graph().m2m.get(sender._meta.concrete_model, ())
+    edges = get_graph().m2m.get(cast(type[models.Model], sender._meta.concrete_model), ())
     if action == "pre_add":
         # Inserting links takes shared locks on both ends on MySQL and MariaDB:
         # take the exclusive ones of the recompute first, as lock_before_write,
@@ -609,7 +642,7 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
             lock_reach(using, scope.labels, records)
         return
     if action == "pre_clear":
-        field = edges[0][1].m2m_field
+        field = cast("models.ManyToManyField[Any, Any]", edges[0][1].m2m_field)  # an M2M hop's
         mine, theirs = field.m2m_field_name(), field.m2m_reverse_field_name()
         if reverse:
             mine, theirs = theirs, mine
@@ -620,8 +653,10 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
     if action == "post_clear":
         pk_set = instance.__dict__.pop(_CLEARED, set())
     if action == "post_add" and scope.mode == modes.IMMEDIATE and pk_set and sender._meta.auto_created:
-        _add_mirror_links(sender, edges[0][1].m2m_field, instance.pk, pk_set, using)
-    records: Records = {}
+        _add_mirror_links(
+            sender, cast("models.ManyToManyField[Any, Any]", edges[0][1].m2m_field), instance.pk, pk_set, using
+        )
+    records = {}
     for dep, hop in edges:
         if scope.labels is not None and dep.spec.label not in scope.labels:
             continue
@@ -631,7 +666,7 @@ def _m2m_changed(sender, instance, action, reverse, model, pk_set, using, **kwar
     dispatch(scope, using, records)
 
 
-def _m2m_rows(hop: Any, instance: models.Model, reverse: bool, pk_set: set | None) -> set[Any]:
+def _m2m_rows(hop: Any, instance: models.Model, reverse: bool, pk_set: set[Any] | None) -> set[Any]:
     """The rows on the previous hop's side of ``hop`` that a change of links touches."""
     if hop.m2m_field.remote_field.symmetrical:
         # Django writes both directions of a symmetrical link: both ends changed.
@@ -640,22 +675,25 @@ def _m2m_rows(hop: Any, instance: models.Model, reverse: bool, pk_set: set | Non
     return {instance.pk} if hop.m2m_forward != reverse else set(pk_set or ())
 
 
-def _add_mirror_links(through: type[models.Model], field: models.ManyToManyField, pk: Any, others: set, using) -> None:
+def _add_mirror_links(
+    through: type[models.Model], field: models.ManyToManyField[Any, Any], pk: Any, others: set[Any], using: str
+) -> None:
     """Insert now the reverse links of a symmetrical ``add()``, which Django
     inserts only after the signal, so that the other ends recompute with them.
     Django then finds them present and inserts nothing."""
     if not field.remote_field.symmetrical:
         return
     source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
-    source_attname = through._meta.get_field(source).attname
-    target_attname = through._meta.get_field(target).attname
+    # the through model's foreign keys
+    source_attname = through._meta.get_field(source).attname  # type: ignore[union-attr]
+    target_attname = through._meta.get_field(target).attname  # type: ignore[union-attr]
     present = set(
         models.QuerySet(through, using=using)
         .filter(**{target_attname: pk, f"{source_attname}__in": others})
         .values_list(source_attname, flat=True)
     )
     missing = [through(**{source_attname: other, target_attname: pk}) for other in others - present]
-    models.QuerySet(through, using=using).bulk_create(missing)
+    cast("models.QuerySet[models.Model]", models.QuerySet(through, using=using)).bulk_create(missing)
 
 
 def connect(graph: Graph, all_models: list[type[models.Model]]) -> None:
@@ -688,7 +726,7 @@ def _uid(sender: type[models.Model]) -> str:
     return f"maintained_fields:{sender._meta.label}"
 
 
-def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: str | None = None) -> None:
+def mark_changed(objects: models.QuerySet[Any] | Iterable[models.Model], *, using: str | None = None) -> None:
     """Tell the library that rows changed where it could not see (raw SQL, other programs).
 
     ``objects`` is a QuerySet or model instances, of one model or several.
@@ -711,7 +749,7 @@ def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: st
     if isinstance(objects, models.QuerySet):
         node = _node_for_marking(objects.model)
         columns = ("pk", *node.up_links) if node.model in get_graph().nodes else ("pk", *_link_columns(node))
-        rows = [SimpleNamespace(**row) for row in objects.values(*columns)]
+        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values(*columns)]
         _mark(scope, node, using or objects.db, rows)
         return
     groups: dict[tuple[type[models.Model], str], list[models.Model]] = {}
@@ -721,7 +759,7 @@ def mark_changed(objects: models.QuerySet | Iterable[models.Model], *, using: st
         if obj.pk is None:
             raise ValueError(f"mark_changed() got {obj!r}, which is not saved: save it first.")
         db = using or obj._state.db or router.db_for_write(type(obj), instance=obj)
-        groups.setdefault((obj._meta.concrete_model, db), []).append(obj)
+        groups.setdefault((cast(type[models.Model], obj._meta.concrete_model), db), []).append(obj)
     for (model, db), rows in groups.items():
         _mark(scope, _node_for_marking(model), db, rows)
 
@@ -746,9 +784,10 @@ def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None
 def _link_columns(node: ModelNode) -> tuple[str, str]:
     """The attnames of an auto-created through model's two foreign keys: the
     declaring model's side, then the other."""
-    field = get_graph().m2m[node.model][0][1].m2m_field
+    field = cast("models.ManyToManyField[Any, Any]", get_graph().m2m[node.model][0][1].m2m_field)  # an M2M hop's
     meta = node.model._meta
-    return meta.get_field(field.m2m_field_name()).attname, meta.get_field(field.m2m_reverse_field_name()).attname
+    # the through model's foreign keys
+    return meta.get_field(field.m2m_field_name()).attname, meta.get_field(field.m2m_reverse_field_name()).attname  # type: ignore[union-attr]
 
 
 def _node_for_marking(model: type[models.Model]) -> ModelNode:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -62,7 +62,7 @@ def normalize(spec: Spec, value: Any) -> Any:
             converted = converted.quantize(decimal.Decimal(1).scaleb(-field.decimal_places), context=context)
     except (ValidationError, decimal.InvalidOperation) as exc:
         reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else (
-            f"it has more than {field.max_digits} digits"
+            f"it has more than {field.max_digits} digits"  # type: ignore[attr-defined]  # only a DecimalField's quantize raises it
         )
         raise ValueError(
             f"{spec.source} returned {value!r}, which "
@@ -212,16 +212,18 @@ def update_from_select(
     specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
     connection = connections[db]
     meta = model._meta
-    links = [meta.get_field(attname) for attname in sorted(get_graph().nodes[model].up_links)]
+    links = [
+        cast("models.Field[Any, Any]", meta.get_field(attname)) for attname in sorted(get_graph().nodes[model].up_links)
+    ]
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
 
-    def query(pks: list[Any]) -> models.QuerySet:
+    def query(pks: list[Any]) -> models.QuerySet[Any]:
         values = {name: spec.annotation() for name, spec in names.items()}
-        rows = models.QuerySet(model, using=db).filter(pk__in=pks).annotate(**values)
+        rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=pks).annotate(**values)
         return rows.values_list("pk", *(spec.field.attname for spec in specs), *names)
 
     def statement(sql: str) -> tuple[str, list[Any]]:
-        quote = connection.ops.quote_name
+        quote: Callable[[Any], str] = connection.ops.quote_name  # of concrete columns: set
         row, new = quote("_maintained_row"), quote("_maintained_new")
         olds = [f"old_{n}" for n in range(len(specs))]
         news = [f"new_{n}" for n in range(len(specs))]
@@ -282,8 +284,8 @@ def update_set_wise(
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
     attnames = [spec.field.attname for spec in specs]
 
-    def query(pks: list[Any]) -> models.QuerySet:
-        rows = models.QuerySet(model, using=db).filter(pk__in=pks).order_by("pk")
+    def query(pks: list[Any]) -> models.QuerySet[Any]:
+        rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=pks).order_by("pk")
         rows = rows.annotate(**{name: spec.annotation() for name, spec in names.items()})
         return rows.values_list("pk", *links, *attnames, *names)
 
@@ -311,7 +313,7 @@ def read(
     attnames = [field.attname for field in model._meta.concrete_fields]
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
 
-    def query(pks: list[Any]) -> models.QuerySet:
+    def query(pks: list[Any]) -> models.QuerySet[Any]:
         return (
             models.QuerySet(model, using=db)
             .filter(pk__in=pks)
@@ -337,7 +339,7 @@ def lock_rows(
     primary-key order, ``size`` at a time.  With ``nowait``, a row locked by
     another transaction raises DatabaseError at once."""
     for batch in chunks(sorted(pks), size):
-        rows = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
+        rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
         list(lock(rows, nowait).values_list("pk"))
 
 
@@ -348,7 +350,7 @@ def locking(db: str) -> bool:
     return connection.features.has_select_for_update and connection.in_atomic_block and get_config()["LOCK_ROWS"]
 
 
-def lock(rows: models.QuerySet, nowait: bool = False) -> models.QuerySet:
+def lock(rows: models.QuerySet[Any], nowait: bool = False) -> models.QuerySet[Any]:
     """``rows`` locked for the rest of the transaction, as the database can.
 
     PostgreSQL takes ``FOR NO KEY UPDATE``, which does not conflict with the
@@ -410,7 +412,7 @@ def set_to_expressions(
     connection = connections[db]
 
     def update(pks: list[Any]) -> tuple[str, Any, dict[int, Any]]:
-        query = models.QuerySet(model, using=db).filter(pk__in=pks).query.chain(UpdateQuery)
+        query = cast(UpdateQuery, models.QuerySet(model, using=db).filter(pk__in=pks).query.chain(UpdateQuery))
         query.add_update_values({spec.field.name: spec.annotation() for spec in specs})
         return (*query.get_compiler(using=db).as_sql(), {})
 
@@ -431,7 +433,7 @@ def evaluate(model: type[models.Model], db: str, pks: list[Any], specs: Iterable
     specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
 
-    def query(pks: list[Any]) -> models.QuerySet:
+    def query(pks: list[Any]) -> models.QuerySet[Any]:
         return (
             models.QuerySet(model, using=db)
             .filter(pk__in=pks)
@@ -448,7 +450,7 @@ def fetch(
     model: type[models.Model],
     db: str,
     pks: list[Any],
-    query: Callable[[list[Any]], models.QuerySet],
+    query: Callable[[list[Any]], models.QuerySet[Any]],
     statement: Callable[[str], tuple[str, list[Any]]] | None = None,
 ) -> list[list[Any]]:
     """The rows ``query(pks)`` selects, converted as the ORM converts them;
@@ -559,7 +561,7 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
     """
     connection = connections[db]
     head, params, fields, slots, converters = _in_memory_sql(type(instances[0]), tuple(specs), db)
-    quote = connection.ops.quote_name
+    quote: Callable[[Any], str] = connection.ops.quote_name  # of concrete columns: set
     named = (f"{sql} AS {quote(field.column)}" for field, (sql, _) in zip(fields, slots))
     first = ", ".join([f"%s AS {quote('_maintained_n')}", *named])
     other = ", ".join(["%s", *(sql for sql, _ in slots)])
@@ -583,7 +585,7 @@ def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str
 
 def _in_memory_sql(
     model: type[models.Model], specs: tuple[Spec, ...], db: str
-) -> tuple[str, list[Any], list[models.Field], dict[int, Any]]:
+) -> tuple[str, list[Any], list[models.Field[Any, Any]], list[Any], dict[int, Any]]:
     """For :func:`evaluate_in_memory`: the SELECT list of the expressions over
     the model's table (its FROM is the caller's), its parameters, the fields
     the expressions read, and the converters of the values."""
@@ -591,7 +593,7 @@ def _in_memory_sql(
     found = _in_memory.get(key)
     if found is None:
         names = {f"_maintained_{spec.field.attname}": stored_as(spec, spec.expression) for spec in specs}
-        rows = models.QuerySet(model, using=db).order_by().annotate(**names).values_list(*names)
+        rows: models.QuerySet[Any] = models.QuerySet(model, using=db).order_by().annotate(**names).values_list(*names)
         compiler = rows.query.get_compiler(using=db)
         sql, params = compiler.as_sql()
         quote = connections[db].ops.quote_name
@@ -607,10 +609,10 @@ def _in_memory_sql(
 
 
 # {(model, specs, database): what _in_memory_sql() returns}
-_in_memory: dict[tuple[Any, ...], tuple[str, list[Any], list[models.Field], list[Any], dict[int, Any]]] = {}
+_in_memory: dict[tuple[Any, ...], tuple[str, list[Any], list[models.Field[Any, Any]], list[Any], dict[int, Any]]] = {}
 
 
-def _typed(field: models.Field, compiler: Any) -> tuple[str, list[Any]]:
+def _typed(field: models.Field[Any, Any], compiler: Any) -> tuple[str, list[Any]]:
     """The SQL of a parameter that holds a value of ``field``, typed as the
     column where the database would not know its type: on PostgreSQL every
     value (a NULL would be text), on MySQL and MariaDB dates and times (they
@@ -618,7 +620,7 @@ def _typed(field: models.Field, compiler: Any) -> tuple[str, list[Any]]:
     vendor = compiler.connection.vendor
     dates = isinstance(field, (models.DateField, models.TimeField))
     if vendor == "postgresql" or (vendor == "mysql" and dates):
-        return compiler.compile(Cast(_RowValue(field), output_field=field))
+        return cast("tuple[str, list[Any]]", compiler.compile(Cast(_RowValue(field), output_field=field)))
     return "%s", [_Slot(field)]
 
 
@@ -643,7 +645,7 @@ def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any]] | None:
         def slot(node: Any) -> Any:
             if not isinstance(node, models.F):
                 return None
-            names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)
+            names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)  # type: ignore[attr-defined]  # F.name: the stubs omit it
             return _RowValue(next(f for f in meta.concrete_fields if f.name in names or f.attname in names))
 
         rewritten = rewrite(spec.expression, slot)
@@ -665,18 +667,19 @@ class _Slot:
 
     __slots__ = ("field",)
 
-    def __init__(self, field: models.Field) -> None:
+    def __init__(self, field: models.Field[Any, Any]) -> None:
         self.field = field
 
 
 class _RowValue(models.Expression):
     """A value of the row, left as a parameter slot when compiled."""
 
-    def __init__(self, field: models.Field) -> None:
+    def __init__(self, field: models.Field[Any, Any]) -> None:
         super().__init__(output_field=field)
         self.column = field
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+    # Its parameter is a _Slot, which _filled() replaces with the row's value.
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
         return "%s", [_Slot(self.column)]
 
 
@@ -693,7 +696,9 @@ def write(
     if len(instances) == 1:
         _update_one(model, db, instances[0], attnames)
     else:
-        models.QuerySet(model, using=db).bulk_update(instances, attnames, batch_size=size)
+        cast("models.QuerySet[models.Model]", models.QuerySet(model, using=db)).bulk_update(
+            instances, attnames, batch_size=size
+        )
     _announce(model, db, instances, attnames)
 
 
@@ -701,16 +706,16 @@ def _update_one(model: type[models.Model], db: str, instance: models.Model, attn
     """``UPDATE`` the columns ``attnames`` of one row to the instance's values,
     with SQL built once per model, database and columns."""
     connection = connections[db]
-    fields = [model._meta.get_field(attname) for attname in attnames]
+    fields = [cast("models.Field[Any, Any]", model._meta.get_field(attname)) for attname in attnames]
     if any(hasattr(field, "get_placeholder") for field in fields):  # a column written through SQL of its own
         models.QuerySet(model, using=db).filter(pk=instance.pk).update(**{a: getattr(instance, a) for a in attnames})
         return
     # A composite primary key is its fields' columns, each compared to its value.
-    keys = model._meta.pk.fields if composite(model) else (model._meta.pk,)
+    keys = model._meta.pk.fields if composite(model) else (model._meta.pk,)  # type: ignore[attr-defined]  # a CompositePrimaryKey's
     key = (model, db, tuple(attnames))
     sql = _updates.get(key)
     if sql is None:
-        quote = connection.ops.quote_name
+        quote: Callable[[Any], str] = connection.ops.quote_name  # of concrete columns: set
         columns = ", ".join(f"{quote(field.column)} = %s" for field in fields)
         where = " AND ".join(f"{quote(field.column)} = %s" for field in keys)
         sql = _updates[key] = f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {where}"
@@ -736,7 +741,7 @@ def _announce(model: type[models.Model], db: str, instances: list[models.Model],
     )
 
 
-def batches(queryset: models.QuerySet, size: int) -> Iterator[list[Any]]:
+def batches(queryset: models.QuerySet[Any], size: int) -> Iterator[list[Any]]:
     """The rows of ``queryset`` in primary-key order, ``size`` at a time.
 
     Each batch is its own query (keyset pagination), so writing between
