@@ -135,7 +135,10 @@ def lock_first(
     order (a lab renamed, and the samples that copy its name): locking its
     own row first, as other writes do, would let it hold the lab while
     waiting for a sample whose writer holds the sample and waits for the lab.
-    The reach is read again under the locks: rows linked into it meanwhile
+    The locks are exclusive (``FOR UPDATE``), so that no row can join the
+    reach under them (inserting or moving a child locks its parent's key)
+    until the write commits.  The reach is read again under the locks: rows
+    linked into it meanwhile
     (committed, so visible under READ COMMITTED) are taken too, at once or
     not at all (NOWAIT).  Where the database gives row locks back with a
     savepoint (PostgreSQL), a row another writer holds makes the write give
@@ -152,12 +155,12 @@ def lock_first(
             wanted.setdefault(other, set()).update(rows)
         savepoint = transaction.savepoint(using=db) if gives_back else None
         for other in sorted(wanted, key=graph.model_order.__getitem__):
-            lock_rows(other, db, wanted[other], size)
+            lock_rows(other, db, wanted[other], size, exclusive=True)
         late = _late(_reach_by_model(graph, records, labels, db), wanted)
         try:
             while late:
                 for other in sorted(late, key=graph.model_order.__getitem__):
-                    lock_rows(other, db, late[other], size, nowait=gives_back)
+                    lock_rows(other, db, late[other], size, nowait=gives_back, exclusive=True)
                     wanted[other] |= late[other]
                 late = _late(_reach_by_model(graph, records, labels, db), wanted)
             break

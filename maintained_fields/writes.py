@@ -333,14 +333,21 @@ def read(
 
 
 def lock_rows(
-    model: type[models.Model], db: str, pks: Iterable[Any], size: int, field: str = "pk", nowait: bool = False
+    model: type[models.Model],
+    db: str,
+    pks: Iterable[Any],
+    size: int,
+    field: str = "pk",
+    nowait: bool = False,
+    exclusive: bool = False,
 ) -> None:
     """Lock the rows of ``model`` whose ``field`` is in ``pks`` now, in
     primary-key order, ``size`` at a time.  With ``nowait``, a row locked by
-    another transaction raises DatabaseError at once."""
+    another transaction raises DatabaseError at once; see :func:`lock` for
+    ``exclusive``."""
     for batch in chunks(sorted(pks), size):
         rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
-        list(lock(rows, nowait).values_list("pk"))
+        list(lock(rows, nowait, exclusive).values_list("pk"))
 
 
 def locking(db: str) -> bool:
@@ -350,15 +357,17 @@ def locking(db: str) -> bool:
     return connection.features.has_select_for_update and connection.in_atomic_block and get_config()["LOCK_ROWS"]
 
 
-def lock(rows: models.QuerySet[Any], nowait: bool = False) -> models.QuerySet[Any]:
+def lock(rows: models.QuerySet[Any], nowait: bool = False, exclusive: bool = False) -> models.QuerySet[Any]:
     """``rows`` locked for the rest of the transaction, as the database can.
 
     PostgreSQL takes ``FOR NO KEY UPDATE``, which does not conflict with the
-    key-share locks that inserting a child row takes on its parent.
+    key-share locks that inserting a child row takes on its parent; with
+    ``exclusive``, ``FOR UPDATE``, which does: no child can be added to
+    the rows until the transaction ends.
     """
     features = connections[rows.db].features
     nowait = nowait and features.has_select_for_update_nowait
-    return rows.select_for_update(no_key=features.has_select_for_no_key_update, nowait=nowait)
+    return rows.select_for_update(no_key=features.has_select_for_no_key_update and not exclusive, nowait=nowait)
 
 
 def update_rows(
