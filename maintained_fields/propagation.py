@@ -148,12 +148,14 @@ def lock_first(
     size = get_config()["BATCH_SIZE"]
     wanted: dict[type[models.Model], set[Any]] = {model: set(own)}
     late = _reach_by_model(graph, records, labels, db)
-    gives_back = connections[db].vendor == "postgresql"
+    connection = connections[db]
+    # The connection's savepoint methods: transaction.savepoint() is deprecated in Django 6.1.
+    gives_back = connection.vendor == "postgresql"
     savepoint = None
     for _ in range(10):
         for other, rows in late.items():
             wanted.setdefault(other, set()).update(rows)
-        savepoint = transaction.savepoint(using=db) if gives_back else None
+        savepoint = connection.savepoint() if gives_back else None
         for other in sorted(wanted, key=graph.model_order.__getitem__):
             lock_rows(other, db, wanted[other], size, exclusive=True)
         late = _late(_reach_by_model(graph, records, labels, db), wanted)
@@ -167,9 +169,9 @@ def lock_first(
         except DatabaseError:
             if savepoint is None:
                 raise
-            transaction.savepoint_rollback(savepoint, using=db)
+            connection.savepoint_rollback(savepoint)
     if savepoint is not None:
-        transaction.savepoint_commit(savepoint, using=db)
+        connection.savepoint_commit(savepoint)
 
 
 def _late(
