@@ -39,6 +39,7 @@ CLIENTS = 8
 
 
 WORKER = "db"  # or "celery": see --worker
+NICE = 10  # the worker's niceness: see --worker-nice
 BROKER = "redis://127.0.0.1:6379/13"
 
 
@@ -139,10 +140,11 @@ def one_run(url, mode, requests, seed):
                     "--threads", "8", "--worker-class", "gthread", "--log-level", "warning"], url, mode)
     worker = None
     if mode == "background" and WORKER == "db":
-        worker = start([sys.executable, "-m", "django", "db_worker", "--interval", "0.05", "--no-startup-delay"],
-                       url, mode)
+        worker = start(["nice", "-n", str(NICE), sys.executable, "-m", "django", "db_worker", "--interval", "0.05",
+                        "--no-startup-delay"], url, mode)
     elif mode == "background":
-        worker = start([str(BIN / "celery"), "-A", "tests.serverproject", "worker", "--pool", "threads",
+        worker = start(["nice", "-n", str(NICE), str(BIN / "celery"), "-A", "tests.serverproject", "worker",
+                        "--pool", "threads",
                         "--concurrency", "4", "-Q", "default", "--loglevel", "WARNING", "--without-gossip",
                         "--without-mingle", "--without-heartbeat"], url, mode)
     try:
@@ -189,9 +191,11 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", choices=["db", "celery"], default="db",
                         help="the background mode's worker: django-tasks-db, or Celery on Redis (database 13)")
+    parser.add_argument("--worker-nice", type=int, default=10,
+                        help="the worker's niceness (nice -n): beside the server on one machine, it should yield")
     args = parser.parse_args()
-    global WORKER
-    WORKER = args.worker
+    global WORKER, NICE
+    WORKER, NICE = args.worker, args.worker_nice
     url = args.database_url
     manage(url, "disabled", "migrate", "--run-syncdb", "--verbosity", "0")
     results = {mode: [] for mode in MODES}
