@@ -39,7 +39,7 @@ CLIENTS = 8
 
 
 WORKER = "db"  # or "celery": see --worker
-NICE = 10  # the worker's niceness: see --worker-nice
+NICE = 19  # the worker's niceness: see --worker-nice
 BROKER = "redis://127.0.0.1:6379/13"
 
 
@@ -191,7 +191,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", choices=["db", "celery"], default="db",
                         help="the background mode's worker: django-tasks-db, or Celery on Redis (database 13)")
-    parser.add_argument("--worker-nice", type=int, default=10,
+    parser.add_argument("--worker-nice", type=int, default=19,
                         help="the worker's niceness (nice -n): beside the server on one machine, it should yield")
     args = parser.parse_args()
     global WORKER, NICE
