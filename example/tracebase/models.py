@@ -16,8 +16,10 @@ Field types are portable (SQLite, PostgreSQL, MariaDB): TraceBase's
 
 from __future__ import annotations
 
+import datetime
+
 from django.db import models
-from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models import Count, F
 
 from maintained_fields import MaintainedManager, MaintainedModel, maintained, maintained_field
 
@@ -28,6 +30,9 @@ LABELS_COMBO_DELIMITER = "+"  # between a tracer's labelled elements: "C+N"
 INFUSATE_COMBO_DELIMITER = ", "  # between an infusate's tracers' combinations: "C, C+N"
 TRACER_DELIMITER = ";"  # between an infusate's tracers
 CONCENTRATION_SIGNIFICANT_FIGURES = 3
+# What a missing collection time or sequence date sorts as: before any other.
+NO_TIME = datetime.timedelta.min
+NO_DATE = datetime.date.min
 
 
 def positions_text(positions: list[int] | tuple[int, ...] | None) -> str:
@@ -187,9 +192,7 @@ class Tissue(models.Model):
 
 class Animal(MaintainedModel):
     name = models.CharField(max_length=256, unique=True)
-    infusate = models.ForeignKey(
-        Infusate, related_name="animals", null=True, blank=True, on_delete=models.RESTRICT
-    )
+    infusate = models.ForeignKey(Infusate, related_name="animals", null=True, blank=True, on_delete=models.RESTRICT)
     infusion_rate = models.FloatField(null=True, blank=True)
     genotype = models.CharField(max_length=256, blank=True, default="")
     body_weight = models.FloatField(null=True, blank=True)
@@ -197,9 +200,7 @@ class Animal(MaintainedModel):
     sex = models.CharField(max_length=1, null=True, blank=True)
     diet = models.CharField(max_length=256, null=True, blank=True)
     feeding_status = models.CharField(max_length=256, null=True, blank=True)
-    treatment = models.ForeignKey(
-        Treatment, related_name="animals", null=True, blank=True, on_delete=models.RESTRICT
-    )
+    treatment = models.ForeignKey(Treatment, related_name="animals", null=True, blank=True, on_delete=models.RESTRICT)
     studies = models.ManyToManyField(Study, related_name="animals")
     label_combo = maintained(
         models.CharField(max_length=64, null=True, default=None, editable=False),
@@ -221,7 +222,7 @@ class Animal(MaintainedModel):
         serum = [s for s in self.samples.all() if s.is_serum_sample]
         if not serum:
             return None
-        return max(serum, key=lambda s: (s.time_collected is not None, s.time_collected or 0, s.name))
+        return max(serum, key=lambda s: (s.time_collected is not None, s.time_collected or NO_TIME, s.name))
 
     def __str__(self) -> str:
         return self.name
@@ -234,11 +235,15 @@ class Sample(MaintainedModel):
     animal = models.ForeignKey(Animal, related_name="samples", on_delete=models.CASCADE)
     tissue = models.ForeignKey(Tissue, related_name="samples", on_delete=models.RESTRICT)
     time_collected = models.DurationField(null=True, blank=True)
-    is_serum_sample = maintained(
-        models.BooleanField(default=False, editable=False),
-        Case(When(Q(tissue__name__istartswith=SERUM_PREFIX), then=Value(True)), default=Value(False)),
-        label="fcirc_calcs",
-    )
+    is_serum_sample = models.BooleanField(default=False, editable=False)
+
+    # A method, not maintained(BooleanField, Case(When(tissue__name__istartswith=...))): that expression
+    # fails to write ("Joined field references are not permitted in this query"), a bug of the package
+    # reported with issue 12.
+    @maintained_field("is_serum_sample", depends_on=["tissue__name"], label="fcirc_calcs")
+    def compute_is_serum_sample(self) -> bool:
+        """Whether the tissue's name starts with "serum", in any case."""
+        return self.tissue.name.lower().startswith(SERUM_PREFIX)
 
     def __str__(self) -> str:
         return self.name
@@ -292,9 +297,7 @@ class FCirc(MaintainedModel):
     is_last = models.BooleanField(default=False, editable=False)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["serum_sample", "tracer", "element"], name="unique_fcirc")
-        ]
+        constraints = [models.UniqueConstraint(fields=["serum_sample", "tracer", "element"], name="unique_fcirc")]
 
     @maintained_field(
         "is_last",
@@ -330,8 +333,8 @@ class FCirc(MaintainedModel):
         in_sample = [g for g in groups if g[1] == self.serum_sample_id]
         if not in_sample:
             return False
-        last_in_sample = max(in_sample, key=lambda g: (g[4] is not None, g[4] or 0, g[0]))
+        last_in_sample = max(in_sample, key=lambda g: (g[4] is not None, g[4] or NO_DATE, g[0]))
         last_in_animal = max(
-            groups, key=lambda g: (g[2] is not None, g[2] or 0, g[4] is not None, g[4] or 0, g[3], g[0])
+            groups, key=lambda g: (g[2] is not None, g[2] or NO_TIME, g[4] is not None, g[4] or NO_DATE, g[3], g[0])
         )
         return last_in_sample[0] == last_in_animal[0]
