@@ -61,7 +61,6 @@ SHEETS = (
     "Peak Annotation Details",
 )
 
-warnings.filterwarnings("ignore", message="Data Validation extension is not supported", module="openpyxl")
 
 
 class LoadError(Exception):
@@ -171,7 +170,10 @@ def normalise_infusate_name(name: str) -> str:
 def read_workbook(path: Path) -> dict[str, list[Row]]:
     """Every sheet of an .xlsx file, as rows of cells by header (blank rows left out)."""
     try:
-        book = openpyxl.load_workbook(path, data_only=True)
+        with warnings.catch_warnings():
+            # openpyxl drops the sheets' data validation rules, which loading never reads.
+            warnings.filterwarnings("ignore", message="Data Validation extension is not supported")
+            book = openpyxl.load_workbook(path, data_only=True)
     except Exception as error:
         raise LoadError(path.name, None, None, None, f"cannot be read as an .xlsx workbook ({error}).") from None
     return {sheet.title: list(_rows(path.name, sheet.title, sheet.iter_rows(values_only=True))) for sheet in book}
@@ -538,6 +540,8 @@ class StudyLoader:
             if file_format == "accucor" and (header == compound_column or header.endswith("_Label")):
                 continue
             if file_format != "accucor" and columns.index(header) <= columns.index("parent"):
+                continue
+            if "blank" in header.lower():  # as TraceBase does, a blank's column is no sample
                 continue
             self.report.warnings.append(f"{path.name}: column {header!r} is no sample of the details; skipped.")
         missing = [header for header in samples if header not in columns]
