@@ -516,6 +516,8 @@ class StudyLoader:
     def load_peak_groups(self, path: Path, file_format: str, samples: dict[str, MSRunSample]) -> None:
         """One PeakGroup per sample column listed in the details and per compound (group) of the file."""
         if path.suffix.lower() == ".csv":
+            if file_format == "accucor":
+                raise LoadError(path.name, None, None, None, "accucor data is read from .xlsx files only.")
             rows, sheet = read_csv(path), None
         else:
             book = read_workbook(path)
@@ -534,6 +536,9 @@ class StudyLoader:
         if not rows:
             return
         columns = list(rows[0].cells)
+        for needed in [compound_column] if file_format == "accucor" else [compound_column, "parent"]:
+            if needed not in columns:
+                raise LoadError(path.name, sheet, 1, needed, f"no such column in this {file_format} file.")
         for header in columns:
             if header in samples:
                 continue
