@@ -5,6 +5,8 @@
 """
 
 import os
+import sys
+from pathlib import Path
 
 import dj_database_url
 import django
@@ -30,6 +32,12 @@ INSTALLED_APPS = [
     "tests.docs_expressions",
     "tests.docs_migrating",
 ]
+# The example project's tracebase app (TraceBase's schema and loader, tests/test_tracebase.py),
+# imported from example/ as the example project imports it.
+EXAMPLE = Path(__file__).resolve().parent.parent / "example"
+if (EXAMPLE / "tracebase").is_dir():
+    sys.path.append(str(EXAMPLE))
+    INSTALLED_APPS.append("tracebase")
 # The background mode's tasks: Django's own framework from 6.0, its backport before.
 TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
 if TASKS_PACKAGE == "django_tasks":

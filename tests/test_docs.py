@@ -15,10 +15,13 @@ import re
 import threading
 import time
 import types
+from io import StringIO
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.apps import apps as django_apps
 from django.contrib import admin as django_admin
+from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection, migrations, models, transaction
 from django.test import RequestFactory, override_settings
 
@@ -74,6 +77,9 @@ NOT_EXECUTED = {
     ("migrating.rst", 5, "from computedfields.models import not_computed"): (
         "django-computedfields' API, shown for comparison"
     ),
+    ("tracebase.rst", 0, "class Tracer(MaintainedModel, ElementLabel):"): "TraceBase's API, shown for comparison",
+    ("tracebase.rst", 2, "@MaintainedModel.defer_autoupdates("): "TraceBase's API, shown for comparison",
+    ("tracebase.rst", 6, "python benchmarks/tracebase.py --copies 1 --runs 3"): SHELL + " (a benchmark)",
     (
         "README.md",
         2,
@@ -371,3 +377,79 @@ def test_the_reference_states_the_real_signatures():
         )
         assert signature == str(without_annotations), name
 
+
+
+# docs/tracebase.rst: the example project's tracebase app (tests/test_tracebase.py tests it at length).
+
+TRACEBASE_TINY = ROOT / "example" / "tracebase" / "data" / "full_tiny_study"
+tracebase_app = pytest.mark.skipif(
+    not django_apps.is_installed("tracebase"), reason="the example project's tracebase app is not beside the tests"
+)
+
+
+@tracebase_app
+@runs("tracebase.rst", 1, "class Tracer(MaintainedModel):")
+def test_tracebase_model_block_is_the_apps_code():
+    source = (ROOT / "example" / "tracebase" / "models.py").read_text()
+    assert block(("tracebase.rst", 1, "class Tracer(MaintainedModel):")).rstrip() in source
+
+
+@tracebase_app
+@pytest.mark.django_db
+@pytest.mark.filterwarnings("ignore:Data Validation extension is not supported")
+@pytest.mark.parametrize("dry_run", [False, True])
+@runs("tracebase.rst", 3, "from django.db import transaction")
+def test_tracebase_deferred_load_and_dry_run(dry_run, monkeypatch):
+    from tracebase import loading
+    from tracebase.models import Animal, Tracer
+
+    seen = []
+    load = loading.StudyLoader.load
+
+    def recording(self):
+        seen.append(get_autoupdate_mode())
+        return load(self)
+
+    monkeypatch.setattr(loading.StudyLoader, "load", recording)
+    namespace = execute(("tracebase.rst", 3, "from django.db import transaction"),
+                        {"folder": TRACEBASE_TINY, "dry_run": dry_run})  # fmt: skip
+    assert seen == ["disabled" if dry_run else "deferred"]
+    assert namespace["report"].created["Animal"] == 3
+    if dry_run:
+        assert Animal.objects.count() == 0
+    else:
+        assert Tracer.objects.get(compound__name="glutamine").name == "glutamine-[13C5,15N2]"
+
+
+@tracebase_app
+@pytest.mark.django_db
+@pytest.mark.filterwarnings("ignore:Data Validation extension is not supported")
+@runs("tracebase.rst", 4, "from maintained_fields import override_autoupdate")
+def test_tracebase_disabled_and_labelled_scopes():
+    from tracebase.loading import load_study
+    from tracebase.models import Infusate, Sample, Tracer
+
+    load_study(TRACEBASE_TINY)
+    execute(("tracebase.rst", 4, "from maintained_fields import override_autoupdate"), {})
+    assert Sample.objects.get(name="xzl5_t").is_serum_sample is True  # stale, as the comment says
+    with pytest.raises(CommandError, match="^2 maintained value"):  # xzl4_t's and xzl5_t's
+        call_command("check_maintained_fields", "tracebase", "--labels", "fcirc_calcs", stdout=StringIO())
+    assert Tracer.objects.filter(name="L-glutamine-[13C5,15N2]").count() == 1
+    assert Infusate.objects.filter(name="L-glutamine-[13C5,15N2][200]").count() == 1
+
+
+@tracebase_app
+@pytest.mark.django_db
+@pytest.mark.filterwarnings("ignore:Data Validation extension is not supported")
+@runs("tracebase.rst", 5, "from tracebase.models import Compound, Infusate, Tracer")
+def test_tracebase_rename_a_compound():
+    from tracebase.loading import load_study
+
+    load_study(TRACEBASE_TINY)
+    key = ("tracebase.rst", 5, "from tracebase.models import Compound, Infusate, Tracer")
+    commented = [line.split("#") for line in block(key).splitlines() if "# '" in line]
+    shown = {code.strip(): value.strip() for code, value in commented}
+    assert len(shown) == 2
+    namespace = execute(key, {})
+    for expression, value in shown.items():
+        assert repr(eval(expression, namespace)) == value

@@ -11,6 +11,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "maintained_fields",
     "lab",
+    "tracebase",
 ]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
