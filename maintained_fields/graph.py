@@ -23,7 +23,7 @@ from django.db import models
 from django.db.models import ForeignObjectRel
 from django.db.models.functions import Cast
 
-from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of
+from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, references
 
 OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
 
@@ -164,7 +164,8 @@ def _isolate(expression: Any, model: type[models.Model]) -> Any:
 
 
 def _outer_references(expression: Any) -> tuple[set[str], bool]:
-    """The F() names of ``expression`` outside its aggregates, and whether it has any."""
+    """The F() names and the lookups of conditions (``When(crate__name=...)``)
+    of ``expression`` outside its aggregates, and whether it has any."""
     names: set[str] = set()
     aggregates = False
 
@@ -175,6 +176,9 @@ def _outer_references(expression: Any) -> tuple[set[str], bool]:
             return node
         if isinstance(node, models.F):
             names.add(node.name)  # type: ignore[attr-defined]  # set by F.__init__; the stubs omit it
+            return node
+        if isinstance(node, models.Q):
+            names.update(references(node))
             return node
         return None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 
 from django.db import models
-from django.db.models import Count, F
+from django.db.models import Case, Count, F, Value, When
 
 from maintained_fields import MaintainedManager, MaintainedModel, maintained, maintained_field
 
@@ -235,15 +235,12 @@ class Sample(MaintainedModel):
     animal = models.ForeignKey(Animal, related_name="samples", on_delete=models.CASCADE)
     tissue = models.ForeignKey(Tissue, related_name="samples", on_delete=models.RESTRICT)
     time_collected = models.DurationField(null=True, blank=True)
-    is_serum_sample = models.BooleanField(default=False, editable=False)
-
-    # A method, not maintained(BooleanField, Case(When(tissue__name__istartswith=...))): that expression
-    # fails to write ("Joined field references are not permitted in this query"), a bug of the package
-    # reported with issue 12.
-    @maintained_field("is_serum_sample", depends_on=["tissue__name"], label="fcirc_calcs")
-    def compute_is_serum_sample(self) -> bool:
-        """Whether the tissue's name starts with "serum", in any case."""
-        return self.tissue.name.lower().startswith(SERUM_PREFIX)
+    # "serum" in any case: TraceBase compares case-sensitively in one place and not in another (docs/tracebase.rst).
+    is_serum_sample = maintained(
+        models.BooleanField(default=False, editable=False),
+        Case(When(tissue__name__istartswith=SERUM_PREFIX, then=Value(True)), default=Value(False)),
+        label="fcirc_calcs",
+    )
 
     def __str__(self) -> str:
         return self.name

@@ -2,7 +2,7 @@
 relation kind, as in tests/drift, so that no path covers for another."""
 
 from django.db import models
-from django.db.models import Avg, Count, F, Max, Q, Sum, Value
+from django.db.models import Avg, Case, Count, F, Max, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, Concat, Upper
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
@@ -46,6 +46,11 @@ class Part(MaintainedModel):
     # Reads another own-row expression: computed after it, from its new value.
     shout = maintained(models.CharField(max_length=51, default=""), Concat("code", Value("!")))
     crate_name = maintained(models.CharField(max_length=50, default=""), Coalesce(F("crate__name"), Value("")))
+    # A condition across foreign keys: an UPDATE cannot set it (it takes no join).
+    in_north = maintained(
+        models.BooleanField(default=False),
+        Case(When(crate__depot__name="north", then=Value(True)), default=Value(False)),
+    )
 
 
 class Sticker(MaintainedModel):
