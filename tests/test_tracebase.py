@@ -8,6 +8,7 @@ own code (``expected_columns``), never by the package's check.
 """
 
 import datetime
+import json
 import shutil
 from collections import defaultdict
 from io import StringIO
@@ -205,6 +206,27 @@ def test_a_bad_row_names_file_sheet_row_and_column_and_nothing_is_written(tmp_pa
         "Nothing was loaded. study.xlsx, sheet 'Samples', row 4, column 'Collection Time': 'late' is not a number."
     )
     assert row_counts() == before
+
+
+@pytest.mark.django_db
+def test_every_example_study_loads_with_the_workbooks_names_and_nothing_drifts():
+    # As the issue asks: the compounds first, then every other example study.
+    studies = [COMPOUNDS, *sorted(p for p in (DATA / "examples").iterdir() if p.is_dir() and p != COMPOUNDS)]
+    tracer_names, infusate_names = set(), set()
+    for folder in studies:
+        load_study(folder)
+        if folder != COMPOUNDS:
+            tracer_names |= {normalise_tracer_name(n) for n in workbook_column(folder, "Tracers", "Tracer Name")}
+            infusate_names |= {
+                normalise_infusate_name(n) for n in workbook_column(folder, "Infusates", "Infusate Name")
+            }
+    assert len(studies) == 5
+    assert set(Tracer.objects.values_list("name", flat=True)) == tracer_names
+    assert set(Infusate.objects.values_list("name", flat=True)) == infusate_names
+    assert_no_drift()
+    out = StringIO()
+    call_command("check_maintained_fields", "tracebase", "--format", "json", stdout=out)
+    assert json.loads(out.getvalue()) == {"drift": [], "count": 0}
 
 
 @pytest.fixture(scope="module")
