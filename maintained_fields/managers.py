@@ -24,6 +24,7 @@ from .tracking import (
     changed_attnames,
     compute_own_rows,
     delete_queryset,
+    hold_in_delete,
     lock_before_write,
     lock_reach_first,
     own_row_specs,
@@ -101,7 +102,8 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             if rekeyed:
                 mine = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
                 merge(records, recompute_records(mine, rekeyed))
-            dispatch(scope, self.db, records)
+            if not hold_in_delete(scope, self.db, records):
+                dispatch(scope, self.db, records)
         return count
 
     update.alters_data = True  # type: ignore[attr-defined]

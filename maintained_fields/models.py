@@ -31,6 +31,12 @@ class MaintainedModelMixin:
             kwargs.update(zip(_SAVE_ARGUMENTS, args))
         tracking.save_instance(self, super().save, kwargs)  # type: ignore[misc,arg-type]  # mixed into a Model
 
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        with tracking.deleting():
+            return super().delete(*args, **kwargs)  # type: ignore[misc,no-any-return]  # mixed into a Model
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+
     def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
         return tracking.insert(self, super()._do_insert, manager, using, fields, returning_fields, raw)  # type: ignore[misc,arg-type]
 

@@ -562,6 +562,39 @@ def _pre_delete(
         )
 
 
+# Work of update() calls that Django's delete makes itself (on_delete=SET_NULL,
+# SET_DEFAULT, SET()): held until the delete ends, when what they recompute
+# can no longer point at a row being deleted.
+_held_in_delete: ContextVar[list[tuple[modes.Scope, str, Records]] | None] = ContextVar(
+    "maintained_fields_held_in_delete", default=None
+)
+
+
+@contextmanager
+def deleting() -> Iterator[None]:
+    """Around a delete(): immediate work of the updates it makes is done when it ends."""
+    if _held_in_delete.get() is not None:
+        yield
+        return
+    held: list[tuple[modes.Scope, str, Records]] = []
+    token = _held_in_delete.set(held)
+    try:
+        yield
+    finally:
+        _held_in_delete.reset(token)
+    for scope, db, records in held:
+        dispatch(scope, db, records)
+
+
+def hold_in_delete(scope: modes.Scope, db: str, records: Records) -> bool:
+    """Hold the immediate work of an update() that a delete() makes; False outside one."""
+    held = _held_in_delete.get()
+    if held is None or scope.mode != modes.IMMEDIATE:
+        return False
+    held.append((scope, db, records))
+    return True
+
+
 def delete_queryset(
     queryset: models.QuerySet[Any], delete: Callable[[], tuple[int, dict[str, int]]]
 ) -> tuple[int, dict[str, int]]:
@@ -571,14 +604,16 @@ def delete_queryset(
     scope = modes.current_scope()
     node = get_graph().node(queryset.model)
     if scope.mode == modes.DISABLED or node is None:
-        return delete()
+        with deleting():
+            return delete()
     edges = [
         (dep, hop)
         for dep, hop in node.edges
         if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels)
     ]
     if not edges:
-        return delete()
+        with deleting():
+            return delete()
     pks = set(queryset.values_list("pk", flat=True))
     records: Records = {}
     for dep, hop in edges:
@@ -587,7 +622,8 @@ def delete_queryset(
             records.setdefault((dep, 0), set()).update(targets)
     queryset.__dict__[_RESOLVED] = (node.model, pks, records)
     try:
-        return delete()
+        with deleting():
+            return delete()
     finally:
         del queryset.__dict__[_RESOLVED]
 

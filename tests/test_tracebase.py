@@ -239,10 +239,7 @@ def valine(django_db_setup, django_db_blocker):
         load_study(COMPOUNDS)
         load_study(VALINE)
         yield
-        # Emptied without maintenance: on MySQL and MariaDB a maintained
-        # foreign key put back during a delete fails it (see the caveats).
-        with override_autoupdate(mode="disabled"):
-            Animal._base_manager.update(last_serum_sample=None)
+        with override_autoupdate(mode="disabled"):  # emptied, not maintained
             for model in reversed(list(apps.get_app_config("tracebase").get_models())):
                 model._base_manager.all().delete()
 
@@ -254,6 +251,24 @@ def test_the_valine_study_loads_with_the_workbooks_names_and_nothing_drifts(vali
     assert set(Infusate.objects.values_list("name", flat=True)) == names
     assert Compound.objects.get(name="valine").animals_by_tracer == 6
     assert Animal.objects.get(name="demo_a146").last_serum_sample.name == "demo_t120_a146"
+    assert_no_drift()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("how", ["queryset", "instance"])
+def test_deleting_the_samples_an_animal_points_at(valine, how):
+    # Animal.last_serum_sample is a maintained foreign key, on_delete=SET_NULL:
+    # Django's delete sets it to NULL with update(), whose maintenance put it
+    # back on a sample about to go, and MySQL refused the delete.
+    animal = Animal.objects.get(name="demo_a146")
+    serum = list(Sample.objects.filter(animal=animal, is_serum_sample=True).order_by("pk"))
+    if how == "queryset":
+        Sample.objects.filter(pk__in=[s.pk for s in serum]).delete()
+    else:
+        for sample in reversed(serum):
+            sample.delete()
+    animal.refresh_from_db()
+    assert animal.last_serum_sample is None
     assert_no_drift()
 
 
