@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,25 +79,18 @@ class Recomputed(logging.Handler):
 
 
 def measure(work):
-    from django.db import connection
-
-    queries = 0
-
-    def count(execute, sql, params, many, context):
-        nonlocal queries
-        queries += 1
-        return execute(sql, params, many, context)
+    """mass_load's measure(), with the rows the package recomputed (from its log)."""
+    from benchmarks.mass_load import measure as measure_work
 
     handler = Recomputed()
     logger = logging.getLogger("maintained_fields")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    with connection.execute_wrapper(count):
-        wall = time.perf_counter()
-        work()
-        wall = time.perf_counter() - wall
-    logger.removeHandler(handler)
-    return {"wall": wall, "queries": queries, "recomputed": handler.rows}
+    try:
+        measured = measure_work(work)
+    finally:
+        logger.removeHandler(handler)
+    return {**measured, "recomputed": handler.rows}
 
 
 def load_all(copies, mode):

@@ -318,10 +318,9 @@ def lock_reach_first(
     changes in every row, where the rows cannot tell (an update())."""
     records: Records = {}
     for row, old in rows:
-        if changed is None:
-            changed = changed_attnames(row, node, written, old)
-        if changed & node.locks_first:
-            merge(records, records_for(node, row, labels=scope.labels, changed=changed, old=old))
+        row_changed = changed_attnames(row, node, written, old) if changed is None else changed
+        if row_changed & node.locks_first:
+            merge(records, records_for(node, row, labels=scope.labels, changed=row_changed, old=old))
     if records:
         lock_first(using, scope.labels, node.model, [old.get("pk", row.pk) for row, old in rows], records)
 
