@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models, transaction
-from django.db.models.expressions import RawSQL
+from django.db.models.expressions import BaseExpression
 from django.db.models.functions import Cast
 from django.db.models.sql import Query, UpdateQuery
 from django.utils import timezone
@@ -501,7 +501,11 @@ def _keyed(
     ``key``, database and number of keys and run again with other keys."""
     connection = connections[db]
     key = (*key, db, len(pks))
-    keys = [model._meta.pk.get_db_prep_value(pk, connection) for pk in pks]
+    pk_field = model._meta.pk
+    if isinstance(pk_field, models.IntegerField) and all(type(pk) is int for pk in pks):
+        keys = list(pks)  # what get_db_prep_value() would give, at a tenth of the cost
+    else:
+        keys = [pk_field.get_db_prep_value(pk, connection) for pk in pks]
     compiled = _compiled.get(key)
     if compiled is None:
         sql, params, converters = compile(pks)
@@ -692,11 +696,30 @@ class _RowValue(models.Expression):
         return "%s", [_Slot(self.column)]
 
 
-def row_expression(spec: Spec, instance: models.Model, db: str) -> RawSQL:
+def row_expression(spec: Spec, instance: models.Model, db: str) -> _Compiled:
     """The own-row expression of ``spec`` on the instance's values, compiled
     already (see :func:`own_row_sql`): an INSERT can take it as a value."""
     sql, params = own_row_sql(spec, db)  # type: ignore[misc]
-    return RawSQL(sql, _filled(params, instance, connections[db]), output_field=spec.field)
+    return _Compiled(sql, _filled(params, instance, connections[db]), spec.field)
+
+
+class _Compiled(BaseExpression):
+    """SQL compiled already: an INSERT takes it as a value with no resolving,
+    copying or compiling of its own (RawSQL's cost a save tens of microseconds)."""
+
+    contains_aggregate = False
+    contains_over_clause = False
+    contains_column_references = False
+
+    def __init__(self, sql: str, params: list[Any], field: models.Field[Any, Any]) -> None:
+        super().__init__(output_field=field)
+        self.sql, self.params = sql, params
+
+    def resolve_expression(self, *args: Any, **kwargs: Any) -> _Compiled:
+        return self
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
+        return self.sql, self.params
 
 
 def write(
