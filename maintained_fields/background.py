@@ -15,12 +15,15 @@ dependency path and the hop, with the keys of the rows there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections, router, transaction
 
-from .conf import get_config
+from .conf import get_config, tasks_framework
 from .graph import Dependency, get_graph
 from .propagation import Buffer, Records, merge, process, process_retrying
 
@@ -37,6 +40,10 @@ def record(db: str, labels: frozenset[str] | None, records: Records) -> None:
     connection = connections[db]
     if not connection.in_atomic_block:
         return _outside_atomic(db, labels, records)
+    alone = _write_alone.get()
+    if alone is not None and alone[0] == db:
+        alone[1].add(db, labels, records)
+        return
     pending = getattr(connection, "_maintained_fields_pending", None)
     # A rollback drops the on_commit callback and leaves its buffer behind.
     if pending is None or not any(callback is pending[1] for _, callback, *_ in connection.run_on_commit):
@@ -46,6 +53,46 @@ def record(db: str, labels: frozenset[str] | None, records: Records) -> None:
         transaction.on_commit(callback, using=db)
     if not pending[0].add(db, labels, records):  # taken by a callback that is running
         enqueue(db, labels, records)
+
+
+# The database and buffer of a write that with_its_task() runs in a transaction of its own.
+_write_alone: ContextVar[tuple[str, Buffer] | None] = ContextVar("maintained_fields_write_alone", default=None)
+
+
+@contextmanager
+def with_its_task(db: str) -> Iterator[None]:
+    """Around a write outside any scope in the background mode: in
+    autocommit, where the tasks backend keeps its queue in ``db``
+    (django-tasks-db routed there), the write and the enqueue of its work
+    commit together, in one transaction.  A process that dies after the
+    write cannot lose the work, and the write pays for one commit, not two.
+    Elsewhere the work is enqueued after the commit, as :func:`record` says."""
+    connection = connections[db]
+    if connection.in_atomic_block or not connection.get_autocommit() or not queues_in(db):
+        yield
+        return
+    buffer = Buffer()
+    token = _write_alone.set((db, buffer))
+    try:
+        with transaction.atomic(using=db):
+            yield
+            _enqueue_buffer(db, buffer)
+    finally:
+        _write_alone.reset(token)
+
+
+def queues_in(db: str) -> bool:
+    """Whether the tasks backend in use keeps its queue in the tables of ``db``."""
+    try:
+        from django_tasks_db.backend import DatabaseBackend
+        from django_tasks_db.models import DBTaskResult
+    except ImportError:
+        return False
+    try:
+        backend = tasks_framework().task_backends[get_config()["TASKS_BACKEND"] or "default"]
+    except Exception:  # an unknown alias: enqueue() fails, and recomputes at once
+        return False
+    return isinstance(backend, DatabaseBackend) and router.db_for_write(DBTaskResult) == db
 
 
 def _enqueue_buffer(db: str, buffer: Buffer) -> None:

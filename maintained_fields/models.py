@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 
 from . import checks, tracking  # noqa: F401  (checks: E008 must run where the app is not installed)
 from .managers import MaintainedManager
@@ -32,7 +32,10 @@ class MaintainedModelMixin:
         tracking.save_instance(self, super().save, kwargs)  # type: ignore[misc,arg-type]  # mixed into a Model
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        with tracking.deleting():
+        using = kwargs.get("using") or (args[0] if args else None) or router.db_for_write(
+            type(self), instance=self  # type: ignore[arg-type]  # mixed into a Model
+        )
+        with tracking.deleting(using):
             return super().delete(*args, **kwargs)  # type: ignore[misc,no-any-return]  # mixed into a Model
 
     delete.alters_data = True  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import Any, cast
@@ -61,7 +61,12 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     # one transaction, with the row locked: a concurrent move between the two
     # would otherwise leave the parent it came from unknown.
     may_move = instance.pk is not None and bool(node.up_links & (node.up_links if written is None else written))
-    if scope.mode == modes.IMMEDIATE or may_move:
+    if scope.mode == modes.BACKGROUND and scope.buffer is None:
+        from .background import with_its_task
+
+        with with_its_task(using), (transaction.atomic(using=using, savepoint=False) if may_move else nullcontext()):
+            _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+    elif scope.mode == modes.IMMEDIATE or may_move:
         with transaction.atomic(using=using, savepoint=False):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     else:
@@ -570,10 +575,20 @@ _held_in_delete: ContextVar[list[tuple[modes.Scope, str, Records]] | None] = Con
 
 
 @contextmanager
-def deleting() -> Iterator[None]:
-    """Around a delete(): immediate work of the updates it makes is done when it ends."""
+def deleting(db: str) -> Iterator[None]:
+    """Around a delete() on ``db``: immediate work of the updates it makes
+    is done when it ends; in the background mode, outside a scope, the
+    delete and the enqueue of its work commit together where they can
+    (see :func:`background.with_its_task`)."""
     if _held_in_delete.get() is not None:
         yield
+        return
+    scope = modes.current_scope()
+    if scope.mode == modes.BACKGROUND and scope.buffer is None:
+        from .background import with_its_task
+
+        with with_its_task(db):
+            yield
         return
     held: list[tuple[modes.Scope, str, Records]] = []
     token = _held_in_delete.set(held)
@@ -603,7 +618,7 @@ def delete_queryset(
     scope = modes.current_scope()
     node = get_graph().node(queryset.model)
     if scope.mode == modes.DISABLED or node is None:
-        with deleting():
+        with deleting(queryset.db):
             return delete()
     edges = [
         (dep, hop)
@@ -611,7 +626,7 @@ def delete_queryset(
         if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels)
     ]
     if not edges:
-        with deleting():
+        with deleting(queryset.db):
             return delete()
     pks = set(queryset.values_list("pk", flat=True))
     records: Records = {}
@@ -621,7 +636,7 @@ def delete_queryset(
             records.setdefault((dep, 0), set()).update(targets)
     queryset.__dict__[_RESOLVED] = (node.model, pks, records)
     try:
-        with deleting():
+        with deleting(queryset.db):
             return delete()
     finally:
         del queryset.__dict__[_RESOLVED]

@@ -270,3 +270,57 @@ def test_the_check_accepts_the_test_settings(settings):
 
     settings.MAINTAINED_FIELDS = {**DUMMY, "TASKS_QUEUE": "default", "TASKS_PRIORITY": 5}
     assert check_tasks() == []
+
+
+@pytest.fixture
+def queued_in_the_database(settings):
+    """The default mode is background, through django-tasks-db's backend,
+    whose queue is a table of the test database."""
+    settings.TASKS = {**settings.TASKS, "database": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    settings.MAINTAINED_FIELDS = {"TASKS_BACKEND": "database", "DEFAULT_MODE": "background"}
+
+
+@pytest.mark.usefixtures("queued_in_the_database")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("write", ["create", "move", "delete", "queryset delete"])
+def test_in_autocommit_a_write_and_its_task_commit_together(write):
+    """A process that dies between the write's commit and the enqueue
+    would lose the work: with the queue in the same database, there is no
+    such moment."""
+    import importlib
+
+    from django.db import connection
+    from django_tasks_db.models import DBTaskResult
+
+    with override_autoupdate(mode="immediate"):
+        lab = Lab.objects.create(name="Lab")
+        first, second = (Study.objects.create(name=name, lab=lab) for name in "AB")
+        sample = Sample.objects.create(study=first, name="s")
+    seen = []
+
+    def enqueued(sender, task_result, **kwargs):
+        seen.append((connection.in_atomic_block, Sample.objects.filter(name="new").exists(),
+                     Sample.objects.filter(pk=sample.pk).values_list("study", flat=True).first()))
+
+    signals = importlib.import_module(tasks_framework().__name__ + ".signals")
+    signals.task_enqueued.connect(enqueued)
+    try:
+        if write == "create":
+            Sample.objects.create(study=second, name="new")
+            expected = (True, True, first.pk)
+        elif write == "move":
+            sample.study = second
+            sample.save()
+            expected = (True, False, second.pk)
+        elif write == "delete":
+            sample.delete()
+            expected = (True, False, None)
+        else:
+            Sample.objects.filter(pk=sample.pk).delete()
+            expected = (True, False, None)
+    finally:
+        signals.task_enqueued.disconnect(enqueued)
+    assert seen == [expected]  # one task, enqueued inside the write's transaction
+    assert not connection.in_atomic_block
+    run([row.task_result for row in DBTaskResult.objects.all()])
+    assert drift() == {}
