@@ -355,13 +355,16 @@ class StudyLoader:
                 self.infusates[normalise_infusate_name(name)] = infusate
 
     def load_treatments(self, rows: list[Row]) -> None:
+        self.load_named(Treatment, rows, "Animal Treatment", "Treatment Description")
+
+    def load_named(self, model: type[Treatment] | type[Tissue], rows: list[Row], name: str, description: str) -> None:
+        """Rows of a sheet that names things and describes them: each name made once."""
         for row in rows:
-            name = row.text("Animal Treatment")
-            treatment, made = Treatment.objects.get_or_create(
-                name=name, defaults={"description": row.text("Treatment Description", False) or ""}
+            thing, made = model.objects.get_or_create(
+                name=row.text(name), defaults={"description": row.text(description, False) or ""}
             )
             if made:
-                self.created(treatment)
+                self.created(thing)
 
     # Animals, Tissues, Samples
 
@@ -406,13 +409,7 @@ class StudyLoader:
             self.animals[name] = animal
 
     def load_tissues(self, rows: list[Row]) -> None:
-        for row in rows:
-            name = row.text("Tissue")
-            tissue, made = Tissue.objects.get_or_create(
-                name=name, defaults={"description": row.text("Description", False) or ""}
-            )
-            if made:
-                self.created(tissue)
+        self.load_named(Tissue, rows, "Tissue", "Description")
 
     def load_samples(self, rows: list[Row]) -> None:
         tissues = {tissue.name: tissue for tissue in Tissue.objects.all()}
