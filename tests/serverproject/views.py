@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.http import JsonResponse
 
 from maintained_fields import get_autoupdate_mode, override_autoupdate
@@ -110,7 +110,12 @@ def write(request):
         sample = Sample.objects.filter(pk=int(request.GET["sample"])).first()
         if sample is not None and action == "move":
             sample.study_id = study
-            sample.save()
+            try:
+                # A plain save() of a row that another request deleted meanwhile inserts it again.
+                sample.save(update_fields=["study"])
+            except DatabaseError as error:
+                if "did not affect any rows" not in str(error):
+                    raise
         elif sample is not None:
             sample.delete()
     return _report(get_autoupdate_mode())
