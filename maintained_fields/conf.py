@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
 def tasks_framework() -> ModuleType:
     """``django.tasks`` (Django 6.0 and later) or its backport ``django_tasks``;
     ImproperlyConfigured, saying what to install, where there is neither."""
+    global _tasks
+    if _tasks is not None:
+        return _tasks  # a failed import costs microseconds on every background write
     try:
         from django import tasks
     except ImportError:
@@ -49,7 +52,11 @@ def tasks_framework() -> ModuleType:
                 "Django 6.0 and later include. On this Django, install its backport: "
                 "pip install django-tasks, and add 'django_tasks' to INSTALLED_APPS."
             ) from None
+    _tasks = tasks
     return tasks
+
+
+_tasks: ModuleType | None = None
 
 
 def validate(value: Any) -> dict[str, Any]:
