@@ -9,8 +9,11 @@ gunicorn (2 gthread workers x 8 threads) serves tests/serverproject, whose
 one, in the default mode, which each run sets: ``disabled`` (the floor),
 ``immediate``, and ``background`` with a worker beside it: django-tasks-db's
 ``db_worker`` (``--worker db``) or Celery on Redis through django-tasks-fennel
-(``--worker celery``).  8 client threads send the requests on loopback.  Each
-run starts fresh processes; runs are interleaved, the order rotated.  The
+(``--worker celery``).  A fourth run, ``background, worker after``, starts
+the worker only once the last response is in: what the writer itself pays,
+as where the worker runs on other cores.  Client threads (8, or
+--clients) send the requests on loopback.  Each run starts fresh
+processes; runs are interleaved, the order rotated.  The
 table gives the median over runs of each run's p50 and p99 latency, the
 ratio of p99 to the disabled mode's, and for the background mode the time
 from the last response until every study's and the lab's count is right
@@ -34,7 +37,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MODES = ["disabled", "immediate", "background"]
+# Each run kind: the default mode, and for "background, worker after" the same mode with the
+# worker started only after the last response (what the writer pays, with no worker beside it).
+KINDS = {"disabled": "disabled", "immediate": "immediate", "background": "background",
+         "background, worker after": "background"}
 CLIENTS = 8
 
 
@@ -127,7 +133,17 @@ def right(url):
     return result.stdout.strip() == "yes"
 
 
-def one_run(url, mode, requests, seed):
+def start_worker(url, mode):
+    if WORKER == "db":
+        return start(["nice", "-n", str(NICE), sys.executable, "-m", "django", "db_worker", "--interval", "0.05",
+                      "--no-startup-delay"], url, mode)
+    return start(["nice", "-n", str(NICE), str(BIN / "celery"), "-A", "tests.serverproject", "worker",
+                  "--pool", "threads", "--concurrency", "4", "-Q", "default", "--loglevel", "WARNING",
+                  "--without-gossip", "--without-mingle", "--without-heartbeat"], url, mode)
+
+
+def one_run(url, kind, requests, seed):
+    mode = KINDS[kind]
     manage(url, mode, "flush", "--no-input")
     if WORKER == "celery":
         from celery import Celery
@@ -138,15 +154,7 @@ def one_run(url, mode, requests, seed):
     port = free_port()
     server = start([str(BIN / "gunicorn"), "tests.serverproject.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
                     "--threads", "8", "--worker-class", "gthread", "--log-level", "warning"], url, mode)
-    worker = None
-    if mode == "background" and WORKER == "db":
-        worker = start(["nice", "-n", str(NICE), sys.executable, "-m", "django", "db_worker", "--interval", "0.05",
-                        "--no-startup-delay"], url, mode)
-    elif mode == "background":
-        worker = start(["nice", "-n", str(NICE), str(BIN / "celery"), "-A", "tests.serverproject", "worker",
-                        "--pool", "threads",
-                        "--concurrency", "4", "-Q", "default", "--loglevel", "WARNING", "--without-gossip",
-                        "--without-mingle", "--without-heartbeat"], url, mode)
+    worker = start_worker(url, mode) if kind == "background" else None
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -164,6 +172,8 @@ def one_run(url, mode, requests, seed):
         except RuntimeError as error:
             raise RuntimeError(f"{error}\n{output(server)}") from None
         last = time.perf_counter()
+        if kind != mode:
+            worker = start_worker(url, mode)
         latencies = sorted(t for t, _ in timings)
         seen = {body["seen"] for _, body in timings}
         assert seen == {mode}, f"the {mode} run saw {seen}"
@@ -191,29 +201,32 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", choices=["db", "celery"], default="db",
                         help="the background mode's worker: django-tasks-db, or Celery on Redis (database 13)")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="client threads sending requests (8 keep the two cores busy; 2 leave them room)")
     parser.add_argument("--worker-nice", type=int, default=19,
                         help="the worker's niceness (nice -n): beside the server on one machine, it should yield")
     args = parser.parse_args()
-    global WORKER, NICE
-    WORKER, NICE = args.worker, args.worker_nice
+    global WORKER, NICE, CLIENTS
+    WORKER, NICE, CLIENTS = args.worker, args.worker_nice, args.clients
     url = args.database_url
     manage(url, "disabled", "migrate", "--run-syncdb", "--verbosity", "0")
-    results = {mode: [] for mode in MODES}
+    kinds = list(KINDS)
+    results = {kind: [] for kind in kinds}
     for run in range(args.runs):
-        for mode in MODES[run % 3:] + MODES[:run % 3]:
-            results[mode].append(one_run(url, mode, args.requests, seed=run))
+        for kind in kinds[run % len(kinds):] + kinds[:run % len(kinds)]:
+            results[kind].append(one_run(url, kind, args.requests, seed=run))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(
-            f"{m} p99 {results[m][-1]['p99'] * 1000:.1f} ms" for m in MODES), flush=True)
+            f"{k} p99 {results[k][-1]['p99'] * 1000:.1f} ms" for k in kinds), flush=True)
     floor = statistics.median(r["p99"] for r in results["disabled"])
     print(f"\n{args.requests} writes per run from {CLIENTS} clients, gunicorn 2 gthread workers x 8 threads, "
           f"{url.split(':', 1)[0]}, worker {WORKER}, median of {args.runs} interleaved runs\n")
-    print(f"{'mode':<12} {'p50 ms':>8} {'p99 ms':>8} {'p99 vs disabled':>16} {'converged s':>12}")
-    for mode in MODES:
-        p50 = statistics.median(r["p50"] for r in results[mode]) * 1000
-        p99 = statistics.median(r["p99"] for r in results[mode])
-        converged = [r["converged"] for r in results[mode] if r["converged"] is not None]
+    print(f"{'mode':<26} {'p50 ms':>8} {'p99 ms':>8} {'p99 vs disabled':>16} {'converged s':>12}")
+    for kind in kinds:
+        p50 = statistics.median(r["p50"] for r in results[kind]) * 1000
+        p99 = statistics.median(r["p99"] for r in results[kind])
+        converged = [r["converged"] for r in results[kind] if r["converged"] is not None]
         after = f"{statistics.median(converged):>12.1f}" if converged else f"{'-':>12}"
-        print(f"{mode:<12} {p50:>8.1f} {p99 * 1000:>8.1f} {p99 / floor:>15.2f}x {after}")
+        print(f"{kind:<26} {p50:>8.1f} {p99 * 1000:>8.1f} {p99 / floor:>15.2f}x {after}")
 
 
 if __name__ == "__main__":

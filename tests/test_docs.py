@@ -39,7 +39,7 @@ NOT_EXECUTED = {
     (
         "background.rst",
         2,
-        "python benchmarks/background.py --requests 1000 --runs 5 [--worker celery] [--worker-nice N]",
+        "python benchmarks/background.py --requests 1000 --runs 5 [--clients 2] [--worker celery] [--worker-nice N]",
     ): SHELL + " (a benchmark)",
     ("operations.rst", 0, "python manage.py rebuild_maintained_fields [app_label[.ModelName] ...]"): (
         "the command's synopsis; tests/test_commands.py runs the command"
