@@ -138,9 +138,8 @@ def lock_first(
     The locks are exclusive (``FOR UPDATE``), so that no row can join the
     reach under them (inserting or moving a child locks its parent's key)
     until the write commits.  The reach is read again under the locks: rows
-    linked into it meanwhile
-    (committed, so visible under READ COMMITTED) are taken too, at once or
-    not at all (NOWAIT).  Where the database gives row locks back with a
+    linked into it meanwhile (committed, so visible under READ COMMITTED)
+    are taken too, at once or not at all (NOWAIT).  Where the database gives row locks back with a
     savepoint (PostgreSQL), a row another writer holds makes the write give
     back its locks and take them again with the new rows, in order.
     """
@@ -156,14 +155,13 @@ def lock_first(
         for other, rows in late.items():
             wanted.setdefault(other, set()).update(rows)
         savepoint = connection.savepoint() if gives_back else None
-        for other in sorted(wanted, key=graph.model_order.__getitem__):
-            lock_rows(other, db, wanted[other], size, exclusive=True)
+        _lock_in_order(graph, wanted, db, size, exclusive=True)
         late = _late(_reach_by_model(graph, records, labels, db), wanted)
         try:
             while late:
-                for other in sorted(late, key=graph.model_order.__getitem__):
-                    lock_rows(other, db, late[other], size, nowait=gives_back, exclusive=True)
-                    wanted[other] |= late[other]
+                _lock_in_order(graph, late, db, size, nowait=gives_back, exclusive=True)
+                for other, rows in late.items():
+                    wanted[other] |= rows
                 late = _late(_reach_by_model(graph, records, labels, db), wanted)
             break
         except DatabaseError:
@@ -316,9 +314,15 @@ def _lock_targets(graph: Graph, known: list[Any], db: str, size: int) -> dict[ty
     for (model, _), targets in zip(graph.order, known):
         if targets:
             by_model.setdefault(model, set()).update(targets)
-    for model in sorted(by_model, key=graph.model_order.__getitem__):
-        lock_rows(model, db, by_model[model], size)
+    _lock_in_order(graph, by_model, db, size)
     return by_model
+
+
+def _lock_in_order(graph: Graph, by_model: dict[type[models.Model], set[Any]], db: str, size: int,
+                   nowait: bool = False, exclusive: bool = False) -> None:
+    """Lock the rows ``by_model``, model by model in ``graph.model_order``."""
+    for model in sorted(by_model, key=graph.model_order.__getitem__):
+        lock_rows(model, db, by_model[model], size, nowait=nowait, exclusive=exclusive)
 
 
 def _lock_late(
