@@ -539,7 +539,9 @@ def _pre_delete(
     pending.waiting.add(key)
     fresh: dict[str, Any] | None = None
     if holder is instance and node.up_links:
-        fresh = models.QuerySet(node.model, using=using).filter(pk=instance.pk).values(*node.up_links).first()
+        # Locked: a move that commits while this delete waits is read where it went.
+        rows: models.QuerySet[Any] = models.QuerySet(node.model, using=using).filter(pk=instance.pk)
+        fresh = (lock_rows_of(rows) if locking(using) else rows).values(*node.up_links).first()
     resolved = holder.__dict__.get(_RESOLVED)
     done = resolved is not None and resolved[0] is node.model and instance.pk in resolved[1]
     records: Records = {}
@@ -620,26 +622,31 @@ def delete_queryset(
     if scope.mode == modes.DISABLED or node is None:
         with deleting(queryset.db):
             return delete()
-    edges = [
-        (dep, hop)
-        for dep, hop in node.edges
-        if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels)
-    ]
-    if not edges:
-        with deleting(queryset.db):
+    db = queryset.db
+    with deleting(db), transaction.atomic(using=db, savepoint=False):
+        if node.up_links and locking(db):
+            # Django reads the rows before it deletes them: a row moved by a
+            # writer that commits meanwhile would be read where it was.  Locked
+            # first, the rows are read where they are.
+            lock_rows(node.model, db, list(queryset.values_list("pk", flat=True)), get_config()["BATCH_SIZE"])
+        edges = [
+            (dep, hop)
+            for dep, hop in node.edges
+            if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels)
+        ]
+        if not edges:
             return delete()
-    pks = set(queryset.values_list("pk", flat=True))
-    records: Records = {}
-    for dep, hop in edges:
-        targets = resolve(dep, hop.index, pks, queryset.db)
-        if targets:
-            records.setdefault((dep, 0), set()).update(targets)
-    queryset.__dict__[_RESOLVED] = (node.model, pks, records)
-    try:
-        with deleting(queryset.db):
+        pks = set(queryset.values_list("pk", flat=True))
+        records: Records = {}
+        for dep, hop in edges:
+            targets = resolve(dep, hop.index, pks, db)
+            if targets:
+                records.setdefault((dep, 0), set()).update(targets)
+        queryset.__dict__[_RESOLVED] = (node.model, pks, records)
+        try:
             return delete()
-    finally:
-        del queryset.__dict__[_RESOLVED]
+        finally:
+            del queryset.__dict__[_RESOLVED]
 
 
 def _post_delete(
