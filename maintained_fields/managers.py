@@ -132,6 +132,8 @@ class MaintainedQuerySet(models.QuerySet[Any]):
         later = after_the_write(own_row, deferred=False)
         if own_row and objs:
             compute_own_rows(objs, [spec for spec in own_row if spec not in later], self.db)
+        if ignore_conflicts:
+            self._check_findable(objs, node, scope, later)
         written: frozenset[str] = frozenset()
         if update_conflicts and update_fields:
             # A conflicting row takes only update_fields: the own-row fields
@@ -167,6 +169,29 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             merge(records, recompute_records(_overwritten(node, scope, written), before))
             dispatch(scope, self.db, records)
         return created
+
+    def _check_findable(self, objs: list[models.Model], node: ModelNode, scope: modes.Scope,
+                        later: list[Any]) -> None:
+        """Before a bulk_create(ignore_conflicts=True): the database does not
+        say which keys it gave the rows, so the rows whose own maintained
+        fields read other rows (or are computed after the write) must be
+        found again by a unique field; raise if one cannot be."""
+        needs = [*later, *(dep.spec for dep, hop in node.saved_edges if hop.index == 0)]
+        needs = [spec for spec in needs if scope.labels is None or spec.label in scope.labels]
+        if not needs:
+            return
+        meta = self.model._meta
+        sets = [[cast("models.Field[Any, Any]", meta.get_field(name)).attname for name in names]
+                for names in _unique_sets(self.model)]
+        for obj in objs:
+            if obj.pk is None and not any(all(getattr(obj, a) is not None for a in names) for names in sets):
+                raise ValueError(
+                    f"{meta.label}.objects.bulk_create(ignore_conflicts=True) cannot keep "
+                    f"{', '.join(sorted({str(spec) for spec in needs}))} on the rows it inserts: the "
+                    f"database does not say which keys it gave them, and {obj!r} has no primary key "
+                    "or unique value to find it by. Set the objects' primary keys or a unique field, "
+                    "or call bulk_create() without ignore_conflicts. Nothing was written."
+                )
 
     def _conflicting(
         self, objs: list[models.Model], unique_fields: Collection[str] | None, node: ModelNode

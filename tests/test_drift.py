@@ -35,6 +35,7 @@ from tests.drift.models import (
     Team,
     Topic,
 )
+from tests.testapp.models import Lab, Sample, Study
 
 pytestmark = pytest.mark.django_db
 
@@ -416,3 +417,15 @@ def test_a_write_that_leaves_out_the_foreign_key_recomputes_the_parent_the_row_i
         else:
             Line.objects.bulk_update([line], ["amount"])
     assert_order_totals_right()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bulk_create_ignore_conflicts_refuses_rows_it_could_not_find_again(mode):
+    # Found by an outside tester: the rows were inserted and their study_name left empty for good.
+    study = Study.objects.create(name="A", lab=Lab.objects.create(name="Lab"))
+    with override_autoupdate(mode=mode):
+        with pytest.raises(ValueError, match=r"testapp.Sample.study_name.*no primary key or unique value"):
+            Sample.objects.bulk_create([Sample(study=study, name="ic")], ignore_conflicts=True)
+        assert not Sample.objects.exists()  # nothing was written
+        Sample.objects.bulk_create([Sample(pk=7, study=study, name="ic")], ignore_conflicts=True)
+    assert Sample.objects.get(pk=7).study_name == "A"
