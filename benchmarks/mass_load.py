@@ -121,8 +121,9 @@ def correct(models):
     return all(code == name.upper().replace(" ", "-") for name, code in samples.values_list("name", "code"))
 
 
-def child(variant, rows, database):
-    """Load ``rows`` samples as ``variant`` says; print what was measured, as JSON."""
+def child(variant, rows, database, per_study):
+    """Load ``rows`` samples as ``variant`` says, ``per_study`` to a study and
+    20 studies to a lab; print what was measured, as JSON."""
     setup(database, peer=variant.startswith("peer"))
     from contextlib import nullcontext
 
@@ -141,7 +142,7 @@ def child(variant, rows, database):
         context = override_autoupdate(mode=how or "disabled")
     def work():
         with context:  # a deferred scope's flush is part of the load
-            load(*models, labs=10, studies=20, samples=rows // 200)
+            load(*models, labs=rows // (20 * per_study), studies=20, samples=per_study)
 
     measured = measure(work)
     verdict = correct(models) if schema_name != "plain" and how != "disabled" else None
@@ -174,9 +175,12 @@ def database_settings(url, directory):
     return dj_database_url.parse(url)
 
 
-def run_child(variant, rows, database):
+def run_child(variant, rows, database, per_study=None):
+    """Measure ``variant`` in a fresh process; by default 10 labs of 20 studies share the ``rows``."""
+    per_study = per_study or rows // 200
     result = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--rows", str(rows), "--database", json.dumps(database)],
+        [sys.executable, __file__, "--child", variant, "--rows", str(rows), "--per-study", str(per_study),
+         "--database", json.dumps(database)],
         capture_output=True,
         text=True,
     )
@@ -215,16 +219,16 @@ def compare(args, database):
 
 
 def scaling(args, database):
-    """Deferred loads of 1,000, 10,000 and 100,000 samples: time per sample,
-    and the ratio to the floor at the same size (which takes out what the
-    210 parent rows cost at every size)."""
+    """Deferred loads of 1,000, 10,000 and 100,000 samples of one shape (50
+    samples to a study, 20 studies to a lab, so 21, 210 and 2,100 parents):
+    time per sample, and the ratio to the floor at the same size."""
     sizes = [1_000, 10_000, 100_000]
     variants = ["floor", "method deferred", "expression deferred"]
     results = {(v, n): [] for v in variants for n in sizes}
     for run in range(args.runs):
         for rows in sizes:
             for variant in variants[run % len(variants) :] + variants[: run % len(variants)]:
-                results[variant, rows].append(run_child(variant, rows, database))
+                results[variant, rows].append(run_child(variant, rows, database, per_study=50))
         print(f"run {run + 1}/{args.runs} done", flush=True)
     wall = {key: statistics.median(r["wall"] for r in found) for key, found in results.items()}
     print(f"\nWall-clock microseconds per sample, and the ratio to the floor, median of {args.runs} runs\n")
@@ -246,13 +250,14 @@ def main():
     parser.add_argument("--variants", nargs="*", help="only variants containing these words (and the floor)")
     parser.add_argument("--scaling", action="store_true", help="time per row of deferred loads at three sizes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--per-study", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--create", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child or args.create:
         database = json.loads(args.database)
         if args.child:
-            return child(args.child, args.rows, database)
+            return child(args.child, args.rows, database, args.per_study)
         setup(database)
         from django.core.management import call_command
 
