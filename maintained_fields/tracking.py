@@ -79,7 +79,10 @@ def own_row_specs(node: ModelNode, scope: modes.Scope, written: frozenset[str] |
     chosen = []
     for spec in node.own_row:
         if (scope.labels is None or spec.label in scope.labels) and (
-            not spec.own_triggers or written is None or spec.own_triggers & written
+            not spec.own_triggers
+            or written is None
+            or spec.own_triggers & written
+            or spec.field.attname in written  # a value written by hand is replaced by the maintained one
         ):
             chosen.append(spec)
             if written is not None:

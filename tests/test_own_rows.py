@@ -131,3 +131,23 @@ def test_booleans_floats_and_nulls(mode):
     for row in Reading.objects.all():
         assert row.scaled == (None if row.value is None else row.value * row.factor)
         assert row.state == ("yes" if row.ok else "no")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+@pytest.mark.parametrize("extra", [[], ["weight"]])
+@pytest.mark.parametrize("form", ["method", "expression"])
+def test_an_own_row_field_written_by_hand_in_update_fields_gets_its_maintained_value(form, extra, mode):
+    # Found by an outside tester: save(update_fields=["code"]) kept the hand-written value for good.
+    from tests.expressions.models import Part
+    from tests.testapp.models import Lab, Sample, Study
+
+    if form == "method":
+        study = Study.objects.create(name="S", lab=Lab.objects.create(name="L"))
+        row = Sample.objects.create(study=study, name="bolt")
+    else:
+        row = Part.objects.create(name="bolt")
+    row.code = "junk"
+    with override_autoupdate(mode=mode):
+        row.save(update_fields=["code", *extra])
+    assert type(row).objects.get(pk=row.pk).code == "BOLT"
