@@ -84,14 +84,14 @@ def with_its_task(db: str) -> Iterator[None]:
 def queues_in(db: str) -> bool:
     """Whether the tasks backend in use keeps its queue in the tables of ``db``."""
     try:
-        from django_tasks_db.backend import DatabaseBackend
-        from django_tasks_db.models import DBTaskResult
-    except ImportError:
-        return False
-    try:
         backend = tasks_framework().task_backends[get_config()["TASKS_BACKEND"] or "default"]
     except Exception:  # an unknown alias: enqueue() fails, and recomputes at once
         return False
+    if type(backend).__module__.split(".")[0] != "django_tasks_db":
+        return False  # its models may not be importable: the app need not be installed
+    from django_tasks_db.backend import DatabaseBackend
+    from django_tasks_db.models import DBTaskResult
+
     return isinstance(backend, DatabaseBackend) and router.db_for_write(DBTaskResult) == db
 
 
