@@ -171,7 +171,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
         return created
 
     def _check_findable(self, objs: list[models.Model], node: ModelNode, scope: modes.Scope,
-                        later: list[Any]) -> None:
+                        later: list[Spec]) -> None:
         """Before a bulk_create(ignore_conflicts=True): the database does not
         say which keys it gave the rows, so the rows whose own maintained
         fields read other rows (or are computed after the write) must be

@@ -139,9 +139,10 @@ def lock_first(
     reach under them (inserting or moving a child locks its parent's key)
     until the write commits.  The reach is read again under the locks: rows
     linked into it meanwhile (committed, so visible under READ COMMITTED)
-    are taken too, at once or not at all (NOWAIT).  Where the database gives row locks back with a
-    savepoint (PostgreSQL), a row another writer holds makes the write give
-    back its locks and take them again with the new rows, in order.
+    are taken too, at once or not at all (NOWAIT).  Where the database
+    gives row locks back with a savepoint (PostgreSQL), a row another writer
+    holds makes the write give back its locks and take them again with the
+    new rows, in order.
     """
     graph = get_graph()
     size = get_config()["BATCH_SIZE"]

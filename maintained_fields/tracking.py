@@ -18,6 +18,7 @@ from django.db import connections, models, router, transaction
 from django.db.models import signals
 
 from . import modes
+from .background import with_its_task
 from .conf import get_config
 from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import (
@@ -62,8 +63,6 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     # would otherwise leave the parent it came from unknown.
     may_move = instance.pk is not None and bool(node.up_links & (node.up_links if written is None else written))
     if scope.mode == modes.BACKGROUND and scope.buffer is None:
-        from .background import with_its_task
-
         with with_its_task(using), (transaction.atomic(using=using, savepoint=False) if may_move else nullcontext()):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     elif scope.mode == modes.IMMEDIATE or may_move:
@@ -590,8 +589,6 @@ def deleting(db: str) -> Iterator[None]:
         return
     scope = modes.current_scope()
     if scope.mode == modes.BACKGROUND and scope.buffer is None:
-        from .background import with_its_task
-
         with with_its_task(db):
             yield
         return
@@ -627,11 +624,13 @@ def delete_queryset(
             return delete()
     db = queryset.db
     with deleting(db), transaction.atomic(using=db, savepoint=False):
+        pks: set[Any] | None = None
         if node.up_links and locking(db):
             # Django reads the rows before it deletes them: a row moved by a
             # writer that commits meanwhile would be read where it was.  Locked
             # first, the rows are read where they are.
-            lock_rows(node.model, db, list(queryset.values_list("pk", flat=True)), get_config()["BATCH_SIZE"])
+            pks = set(queryset.values_list("pk", flat=True))
+            lock_rows(node.model, db, pks, get_config()["BATCH_SIZE"])
         edges = [
             (dep, hop)
             for dep, hop in node.edges
@@ -639,7 +638,8 @@ def delete_queryset(
         ]
         if not edges:
             return delete()
-        pks = set(queryset.values_list("pk", flat=True))
+        if pks is None:
+            pks = set(queryset.values_list("pk", flat=True))
         records: Records = {}
         for dep, hop in edges:
             targets = resolve(dep, hop.index, pks, db)
