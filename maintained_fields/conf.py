@@ -59,13 +59,21 @@ def tasks_framework() -> ModuleType:
 _tasks: ModuleType | None = None
 
 
+_UNSET = object()  # no MAINTAINED_FIELDS setting at all
+
+
 def validate(value: Any) -> dict[str, Any]:
-    """Return ``value`` merged over the defaults, or raise ImproperlyConfigured."""
-    if value is None:
+    """Return ``value`` merged over the defaults, or raise ImproperlyConfigured.
+
+    ``_UNSET`` (no setting at all) stands for ``{}``; ``None`` is an error, as
+    it may mean "off" to its writer, and the defaults maintain every field."""
+    if value is _UNSET:
         value = {}
     if not isinstance(value, Mapping):
         raise ImproperlyConfigured(
-            f"MAINTAINED_FIELDS must be a dict, not {type(value).__name__}."
+            f"MAINTAINED_FIELDS must be a dict, not {'None' if value is None else type(value).__name__}. To keep every "
+            "default, leave the setting out or set it to {}; to turn maintenance off, "
+            "set {'DEFAULT_MODE': 'disabled'}."
         )
     unknown = sorted(set(value) - set(DEFAULTS))
     if unknown:
@@ -129,7 +137,7 @@ _cache: tuple[Any, Any, dict[str, Any]] | None = None  # (the setting, a copy of
 def get_config() -> dict[str, Any]:
     """The ``MAINTAINED_FIELDS`` setting as it is now, merged over the defaults."""
     global _cache
-    raw = getattr(settings, "MAINTAINED_FIELDS", None)
+    raw = getattr(settings, "MAINTAINED_FIELDS", _UNSET)
     cache = _cache
     if cache is not None and cache[0] is raw and cache[1] == raw:
         return cache[2]

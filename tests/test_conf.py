@@ -37,6 +37,7 @@ def test_missing_setting_means_the_defaults():
         ({"BATCH_SIZE": 0}, "BATCH_SIZE'] is 0; use a positive integer"),
         ({"LOCK_ROWS": "yes"}, "LOCK_ROWS'] is 'yes'; use True or False"),
         (["DEFAULT_MODE"], "must be a dict, not list"),
+        (None, "must be a dict, not None. To keep every default, leave the setting out or set it to {}"),
         ({"TASKS_PRIORITY": 101}, "TASKS_PRIORITY'] is 101; use an integer from -100 to 100"),
         ({"TASKS_PRIORITY": "high"}, "TASKS_PRIORITY'] is 'high'"),
         ({"TASKS_BACKEND": ""}, "TASKS_BACKEND'] is ''; use an alias of the TASKS setting"),
