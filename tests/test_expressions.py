@@ -246,6 +246,14 @@ def test_a_failed_insert_leaves_the_instance_as_it_was():
     assert Part.objects.values_list("shout", flat=True).get(pk=part.pk) == "PIN!"
 
 
+def test_an_average_of_floats_keeps_every_place():
+    # docs/caveats.rst's advice for MySQL and MariaDB, whose Avg of integers has four places.
+    crate = Crate.objects.create(depot=Depot.objects.create())
+    for weight in (1, 1, 2):
+        Part.objects.create(crate=crate, weight=weight)
+    assert Crate.objects.get(pk=crate.pk).mean_float == pytest.approx(4 / 3, rel=1e-12)
+
+
 def test_a_rounded_value_is_neither_rewritten_nor_reported(sql):
     crate = Crate.objects.create(depot=Depot.objects.create())
     parts = [Part.objects.create(crate=crate, weight=weight) for weight in (1, 1, 2)]

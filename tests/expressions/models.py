@@ -36,6 +36,9 @@ class Crate(MaintainedModel):
         models.DecimalField(max_digits=8, decimal_places=2, null=True),
         Avg("parts__weight", output_field=models.DecimalField(max_digits=20, decimal_places=10)),
     )
+    # An average of floats: MySQL and MariaDB keep four places of an integer's
+    # (and Django casts to a float as "+ 0.0", a decimal there).
+    mean_float = maintained(models.FloatField(null=True), Avg(F("parts__weight") * 1.0))
 
 
 class Part(MaintainedModel):
