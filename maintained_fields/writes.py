@@ -498,9 +498,10 @@ def _keyed(
 ) -> tuple[str, list[Any], dict[int, Any]]:
     """The SQL, parameters and converters to run the statement ``compile(pks)``
     makes (its keys the last parameters, from ``pk__in``), compiled once per
-    ``key``, database and number of keys and run again with other keys."""
+    ``key`` and database, for one key, and run again with any number of keys:
+    compiling a key costs as much as running the statement with it."""
     connection = connections[db]
-    key = (*key, db, len(pks))
+    key = (*key, db)
     pk_field = model._meta.pk
     if isinstance(pk_field, models.IntegerField) and all(type(pk) is int for pk in pks):
         keys = list(pks)  # what get_db_prep_value() would give, at a tenth of the cost
@@ -508,11 +509,15 @@ def _keyed(
         keys = [pk_field.get_db_prep_value(pk, connection) for pk in pks]
     compiled = _compiled.get(key)
     if compiled is None:
+        sql, params, converters = compile(pks[:1])
+        compiled = _keep_compiled(key, sql, list(params), keys[:1], converters, connection)
+    if not compiled:  # the backend put the keys elsewhere: run it as compiled
         sql, params, converters = compile(pks)
-        compiled = _keep_compiled(key, sql, list(params), keys, converters, connection)
-        if compiled is None:  # the backend put the keys elsewhere: run it as compiled
-            return sql, list(params), converters
-    return compiled[0], _with_keys(compiled, keys), compiled[2]
+        return sql, list(params), converters
+    before, after, params, converters, array = compiled
+    if array:
+        return f"{before}= ANY(%s){after}", [*params, keys], converters
+    return f"{before}IN ({', '.join(['%s'] * len(keys))}){after}", [*params, *keys], converters
 
 
 def _keep_compiled(
@@ -522,32 +527,26 @@ def _keep_compiled(
     keys: list[Any],
     converters: dict[int, Any],
     connection: Any,
-) -> tuple[str, list[Any], dict[int, Any], bool] | None:
-    """Keep compiled SQL whose last parameters are ``keys``, to run again with
-    other keys: (SQL, the parameters before the keys, converters, whether the
-    keys go in as one array).  None if the keys are not its last parameters
-    (the backend put them elsewhere).
+) -> _Kept | None:
+    """Keep SQL compiled for one key, whose last parameter it is, to run again
+    with other keys: (the SQL before and after its ``IN (%s)``, the parameters
+    before the key, converters, whether the keys go in as one array).  An
+    empty tuple if the key is elsewhere (the backend put it there).
 
-    On PostgreSQL ``IN (%s, ..., %s)`` becomes ``= ANY(%s)``: psycopg parses
+    On PostgreSQL the keys go in as one array, ``= ANY(%s)``: psycopg parses
     a long statement again on every run, about a millisecond for 500 keys.
     """
-    if params[len(params) - len(keys) :] != keys:
-        return None
-    array = False
-    if connection.vendor == "postgresql" and not any(isinstance(k, (tuple, list)) for k in keys):
-        listed = f"IN ({', '.join(['%s'] * len(keys))})"
-        at = sql.rfind(listed)
-        if at >= 0 and "%s" not in sql[at + len(listed) :]:
-            sql, array = f"{sql[:at]}= ANY(%s){sql[at + len(listed):]}", True
+    listed = "IN (%s)"
+    at = sql.rfind(listed)
+    if params[len(params) - len(keys) :] != keys or at < 0 or "%s" in sql[at + len(listed) :]:
+        compiled: _Kept | tuple[()] = ()
+    else:
+        array = connection.vendor == "postgresql" and not any(isinstance(k, (tuple, list)) for k in keys)
+        compiled = (sql[:at], sql[at + len(listed) :], params[: len(params) - len(keys)], converters, array)
     if len(_compiled) > 500:
         _compiled.clear()
-    compiled = _compiled[key] = (sql, params[: len(params) - len(keys)], converters, array)
-    return compiled
-
-
-def _with_keys(compiled: tuple[str, list[Any], dict[int, Any], bool], keys: list[Any]) -> list[Any]:
-    """The parameters of ``compiled`` SQL (see :func:`_keep_compiled`) run with ``keys``."""
-    return [*compiled[1], keys] if compiled[3] else [*compiled[1], *keys]
+    _compiled[key] = compiled
+    return compiled or None
 
 
 def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: Any) -> list[list[Any]]:
@@ -559,9 +558,11 @@ def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: An
     return rows
 
 
-# {(purpose, model, specs, database, number of keys):
-#  (SQL, parameters before the keys, converters, whether the keys go in as one array)}
-_compiled: dict[tuple[Any, ...], tuple[str, list[Any], dict[int, Any], bool]] = {}
+# (SQL before the keys' IN (%s), SQL after it, parameters before the keys,
+#  converters, whether the keys go in as one array)
+_Kept = tuple[str, str, list[Any], dict[int, Any], bool]
+# {(purpose, model, specs, database): what _keep_compiled() keeps, () if it keeps nothing}
+_compiled: dict[tuple[Any, ...], _Kept | tuple[()]] = {}
 
 
 def evaluate_in_memory(instances: list[models.Model], specs: list[Spec], db: str) -> list[dict[str, Any]]:
