@@ -80,7 +80,18 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 reading = reading.order_by("pk")
             before = {row["pk"]: row for row in reading.values(*columns)}
             lock_before_write(node, [(SimpleNamespace(**{**old, **new}), old) for old in before.values()], self.db)
-            count = super().update(**kwargs)
+            if locking(self.db) and not self.query.is_sliced:
+                # Only the rows locked and read: one that met the filter since
+                # (moved here by a writer who committed meanwhile) would be
+                # written with no record of where it was, and waited for out
+                # of lock order.
+                size = get_config()["BATCH_SIZE"]
+                count = sum(
+                    super(MaintainedQuerySet, self.filter(pk__in=batch)).update(**kwargs)
+                    for batch in chunks(list(before), size)
+                )
+            else:
+                count = super().update(**kwargs)
             # The keys written as values are known; the ones written as
             # expressions are read back (by primary key, which they leave alone).
             after: dict[Any, dict[str, Any]] = {}

@@ -152,21 +152,26 @@ def lock_first(
     # The connection's savepoint methods: transaction.savepoint() is deprecated in Django 6.1.
     gives_back = connection.vendor == "postgresql"
     savepoint = None
-    for _ in range(10):
+    attempts = 10
+    for attempt in range(attempts):
         for other, rows in late.items():
             wanted.setdefault(other, set()).update(rows)
         savepoint = connection.savepoint() if gives_back else None
         _lock_in_order(graph, wanted, db, size, exclusive=True)
         late = _late(_reach_by_model(graph, records, labels, db), wanted)
+        # The last attempt waits for the rows it finds late: a write never
+        # goes on without its reach locked (at worst, the database reports
+        # a deadlock and the write fails).
+        nowait = gives_back and attempt < attempts - 1
         try:
             while late:
-                _lock_in_order(graph, late, db, size, nowait=gives_back, exclusive=True)
+                _lock_in_order(graph, late, db, size, nowait=nowait, exclusive=True)
                 for other, rows in late.items():
                     wanted[other] |= rows
                 late = _late(_reach_by_model(graph, records, labels, db), wanted)
             break
         except DatabaseError:
-            if savepoint is None:
+            if savepoint is None or not nowait:
                 raise
             connection.savepoint_rollback(savepoint)
     if savepoint is not None:
@@ -261,24 +266,33 @@ def _walk_reach(
     lock: bool,
 ) -> list[set[Any]]:
     """Per group of ``graph.order``, the rows ``known`` and the rows
-    downstream of them, as if every value in reach changed; with ``lock``,
-    the rows of ``graph.walk_locks`` locked as they are read."""
+    downstream of them, as if every value the work recomputes changed; with
+    ``lock``, the rows of ``graph.walk_locks`` locked as they are read.
+
+    A row counts as changing the fields it is recomputed for, not every
+    field of its group, as :func:`process` recomputes it: a study reached
+    for its count does not reach what reads its label, and the lock order
+    that ``locks_first`` plans for holds."""
     reach = [set(targets) for targets in known]
     downstream: Records = {}
-    for (model, specs), rows in zip(graph.order, reach):
+    for (model, specs), targets, rows in zip(graph.order, known, reach):
+        targets = {pk: set(found) for pk, found in targets.items()}
         if downstream:
-            rows.update(_targets(specs, downstream, labels, db, size, resolved))
+            for pk, found in _targets(specs, downstream, labels, db, size, resolved).items():
+                targets.setdefault(pk, set()).update(found)
+            rows.update(targets)
         if not rows:
             continue
         node = graph.nodes[model]
-        written = frozenset(spec.field.attname for spec in specs)
+        written = {pk: frozenset(spec.field.attname for spec in found) for pk, found in targets.items()}
+        every = frozenset().union(*written.values())
         links = [
             cast(str, hop.up_link)  # a REVERSE hop's
             for _, hop in node.edges
-            if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & written)
+            if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & every)
         ]
         for row in rows_with_links(model, db, rows, links, size, lock=lock and model in graph.walk_locks):
-            merge(downstream, records_for(node, row, labels=labels, changed=written))
+            merge(downstream, records_for(node, row, labels=labels, changed=written.get(row.pk, every)))
     return reach
 
 

@@ -13,7 +13,9 @@ with DATABASE_URL naming the database to write to.  ROLE is
 - ``renames``: renames of the lab and the studies, which flow down to every
   sample's copy of their names (QuerySet.update() and save(), in turn);
 - ``plain``: the same writes as ``immediate``, with the package disabled (the
-  baseline the benchmark compares with).
+  baseline the benchmark compares with);
+- ``vials``: moves of tests.chain's vials between batches, in turn with
+  save(), update() of a few and update() of every vial of one batch.
 
 Each worker prints one line ``done WRITES SECONDS RETRIES`` when it ends.
 A worker exits non-zero when a write fails.
@@ -171,8 +173,24 @@ def work(role, seed, operations, start_at):
             _retried(write, rng) for write in (one_write, one_bulk_write, one_link, one_rename)
         )
 
-    if role in ("bulk", "links", "renames"):
-        write = {"bulk": one_bulk_write, "links": one_link, "renames": one_rename}[role]
+    def one_vial_move():
+        from tests.chain.models import Batch, Vial
+
+        batches = list(Batch.objects.order_by("pk").values_list("pk", flat=True))
+        if done % 3 == 0:
+            vial = Vial.objects.order_by("?").first()
+            vial.batch_id = rng.choice(batches)
+            vial.save()
+        elif done % 3 == 1:
+            pks = list(Vial.objects.order_by("?").values_list("pk", flat=True)[:3])
+            Vial.objects.filter(pk__in=pks).update(batch_id=rng.choice(batches))
+        else:
+            # Filtered on the column it writes: rows may join the filter meanwhile.
+            source, target = rng.sample(batches, 2)
+            Vial.objects.filter(batch_id=source).update(batch_id=target)
+
+    if role in ("bulk", "links", "renames", "vials"):
+        write = {"bulk": one_bulk_write, "links": one_link, "renames": one_rename, "vials": one_vial_move}[role]
         while done < operations:
             write()
             done += 1

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "tests.modelcheck",
     "tests.ownrow",
     "tests.composite",
+    "tests.chain",
     # Models defined by the docs' own code blocks (tests/doc_blocks.py).
     "tests.docs_readme",
     "tests.docs_quickstart",

@@ -1,0 +1,29 @@
+"""A path through a maintained field of the parent: each sample copies its
+study's label, itself maintained from the study's name, and each study counts
+its samples.  From an outside tester's reports of deadlocks between single
+writes (tests/test_concurrency.py)."""
+
+from django.db import models
+from django.db.models import Count
+
+from maintained_fields import MaintainedModel, maintained, maintained_field
+
+
+class Batch(MaintainedModel):
+    name = models.CharField(max_length=100)
+    label = models.CharField(max_length=100, default="")
+    vial_count = maintained(models.IntegerField(default=0), Count("vials"))
+
+    @maintained_field("label", depends_on=["name"])
+    def compute_label(self):
+        return self.name.upper()
+
+
+class Vial(MaintainedModel):
+    batch = models.ForeignKey(Batch, related_name="vials", on_delete=models.CASCADE)
+    name = models.CharField(max_length=100, default="")
+    batch_label = models.CharField(max_length=100, default="")
+
+    @maintained_field("batch_label", depends_on=["batch__label"])
+    def compute_batch_label(self):
+        return self.batch.label
