@@ -766,11 +766,12 @@ def _index(graph: Graph) -> None:
 
 
 def _mark_locks_first(graph: Graph) -> None:
-    """Set each node's ``locks_first``: the tracked attnames whose change
-    reaches, from field to maintained field, a row of a model placed no later
-    than the node's own in ``graph.model_order``, other than the row itself
-    (a lab's name copied by its samples; a sample's weight summed by its
-    study and copied back by the study's other samples)."""
+    """Set each node's ``locks_first``: the tracked attnames, and those its
+    own-row fields read, whose change reaches, from field to maintained
+    field, a row of a model placed no later than the node's own in
+    ``graph.model_order``, other than the row itself (a lab's name copied by
+    its samples; a sample's weight summed by its study and copied back by
+    the study's other samples)."""
     reached: dict[tuple[type[models.Model], str], set[type[models.Model]]] = {}
 
     def reach(model: type[models.Model], attname: str) -> set[type[models.Model]]:
@@ -787,11 +788,16 @@ def _mark_locks_first(graph: Graph) -> None:
 
     for model, node in graph.nodes.items():
         place = graph.model_order[model]
+        # What the row's own maintained fields read counts too: a study's
+        # name, whose label its samples copy.
+        own = frozenset().union(*(spec.own_triggers for spec in node.own_row))
         node.locks_first = frozenset(
             attname
-            for attname in node.tracked
+            for attname in node.tracked | own
             if any(graph.model_order.get(other, place + 1) <= place for other in reach(model, attname))
         )
+        # Its old value is read, to tell whether a write changes it.
+        node.tracked |= node.locks_first
 
 
 def _walk_locks(graph: Graph) -> frozenset[type[models.Model]]:
