@@ -25,7 +25,7 @@ from django.db import DatabaseError, connections, models, transaction
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
-from .writes import chunks, fetch, lock_rows, recompute, resolve
+from .writes import chunks, fetch, lock_rows, recompute, resolve, share_lock_read
 from .writes import lock as lock_rows_of
 
 logger = logging.getLogger("maintained_fields")
@@ -89,6 +89,8 @@ def process(
                 continue
             if locked is not None:
                 _lock_late(model, targets, locked, db, size, own_transaction)
+                share_lock_read(model, db, list(targets), {s for found in targets.values() for s in found},
+                                locked, nowait=own_transaction)
             node = graph.nodes[model]
             changed = recompute(model, targets, db, batch_size, locked=True)
             for instance, old in changed:

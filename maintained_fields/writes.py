@@ -8,6 +8,7 @@ converts it, differs from the stored one.
 from __future__ import annotations
 
 import decimal
+import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,7 +25,7 @@ from django.utils import timezone
 
 from .conf import get_config
 from .declarations import references
-from .graph import Dependency, Spec, get_graph, rewrite, stored_as
+from .graph import FORWARD, Dependency, Spec, get_graph, rewrite, stored_as
 from .signals import maintained_values_written
 
 T = TypeVar("T")
@@ -348,6 +349,52 @@ def lock_rows(
     for batch in chunks(sorted(pks), size):
         rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
         list(lock(rows, nowait, exclusive).values_list("pk"))
+
+
+def share_lock_read(
+    model: type[models.Model],
+    db: str,
+    pks: list[Any],
+    specs: Iterable[Spec],
+    held: dict[type[models.Model], set[Any]],
+    nowait: bool = False,
+) -> None:
+    """PostgreSQL: share-lock the rows that ``specs`` read through foreign
+    keys alone from the rows ``pks`` (a sample's study, its lab), but those
+    in ``held``, locked already, before they are read, model by model in
+    lock order; with ``nowait``, a row another transaction holds raises
+    DatabaseError.
+
+    A row that has just joined a parent reads the parent's fields, while a
+    writer of those fields recomputes the parent's rows without it (its
+    move is not committed): the lock makes one wait for the other.  The
+    foreign key's own check does not: Django makes PostgreSQL's constraints
+    deferred, checked at the commit.  On MySQL and MariaDB the check is
+    immediate and takes a shared lock on the parent, and a shared lock of
+    ours would deadlock with the exclusive ones that writers there take
+    first (:func:`tracking.lock_before_write`)."""
+    hops = {
+        (hop.model, hop.lookup)
+        for spec in specs
+        for dep in spec.deps
+        for hop in itertools.takewhile(lambda hop: hop.kind == FORWARD, dep.hops[1:])
+    }
+    connection = connections[db]
+    if not hops or connection.vendor != "postgresql":
+        return
+    order = get_graph().model_order
+    share = " FOR SHARE NOWAIT" if nowait else " FOR SHARE"
+    for parent, lookup in sorted(hops, key=lambda hop: (order.get(hop[0], len(order)), hop[1])):
+        for batch in chunks(pks, get_config()["BATCH_SIZE"]):
+            reached: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=batch).values(
+                f"{lookup}__pk"
+            )
+            rows: models.QuerySet[Any] = models.QuerySet(parent, using=db).filter(pk__in=reached)
+            if held.get(parent):
+                rows = rows.exclude(pk__in=held[parent])
+            sql, params = rows.order_by("pk").values_list("pk").query.get_compiler(using=db).as_sql()
+            with connection.cursor() as cursor:
+                cursor.execute(sql + share, params)
 
 
 def locking(db: str) -> bool:

@@ -189,8 +189,9 @@ def work(role, seed, operations, start_at):
             source, target = rng.sample(batches, 2)
             Vial.objects.filter(batch_id=source).update(batch_id=target)
 
-    if role in ("bulk", "links", "renames", "vials"):
-        write = {"bulk": one_bulk_write, "links": one_link, "renames": one_rename, "vials": one_vial_move}[role]
+    roles = {"bulk": one_bulk_write, "links": one_link, "renames": one_rename, "vials": one_vial_move}
+    if role in roles:
+        write = roles[role]
         while done < operations:
             write()
             done += 1

@@ -307,3 +307,43 @@ def test_moves_under_a_path_through_a_maintained_field_of_the_parent():
         assert (batch.label, batch.vial_count) == (batch.name.upper(), Vial.objects.filter(batch=batch).count())
     for vial in Vial.objects.select_related("batch"):
         assert vial.batch_label == vial.batch.name.upper(), vial.name
+
+
+@pytest.mark.parametrize("how", ["save", "update"])
+def test_a_row_moved_to_a_parent_being_renamed_copies_the_new_name(how):
+    """Each reagent copies its kit's label, maintained from the kit's name,
+    and nothing counts the reagents.  A move read the kit's old label while
+    the rename, not seeing the uncommitted move, recomputed the kit's
+    reagents without it: Django's foreign keys on PostgreSQL are checked at
+    the commit, so the move held no lock on the kit to make either wait."""
+    from tests.chain.models import Kit, Reagent
+
+    kit = Kit.objects.create(name="before")
+    reagent = Reagent.objects.create(kit=Kit.objects.create(name="elsewhere"))
+    moved, errors = threading.Event(), []
+
+    def mover():
+        try:
+            with transaction.atomic():
+                if how == "save":
+                    found = Reagent.objects.get(pk=reagent.pk)
+                    found.kit = kit
+                    found.save()
+                else:
+                    Reagent.objects.filter(pk=reagent.pk).update(kit=kit)
+                moved.set()
+                time.sleep(0.5)  # the rename starts meanwhile
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+            moved.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=mover)
+    thread.start()
+    moved.wait()
+    kit.name = "after"
+    kit.save()
+    thread.join()
+    assert errors == []
+    assert Reagent.objects.get(pk=reagent.pk).kit_label == "AFTER"

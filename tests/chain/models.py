@@ -27,3 +27,24 @@ class Vial(MaintainedModel):
     @maintained_field("batch_label", depends_on=["batch__label"])
     def compute_batch_label(self):
         return self.batch.label
+
+
+class Kit(MaintainedModel):
+    """Batch and Vial without the count, whose locks on the parent would
+    order a move and a rename on their own."""
+
+    name = models.CharField(max_length=100)
+    label = models.CharField(max_length=100, default="")
+
+    @maintained_field("label", depends_on=["name"])
+    def compute_label(self):
+        return self.name.upper()
+
+
+class Reagent(MaintainedModel):
+    kit = models.ForeignKey(Kit, related_name="reagents", on_delete=models.CASCADE)
+    kit_label = models.CharField(max_length=100, default="")
+
+    @maintained_field("kit_label", depends_on=["kit__label"])
+    def compute_kit_label(self):
+        return self.kit.label
