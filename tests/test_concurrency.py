@@ -247,6 +247,35 @@ def test_a_flush_does_not_wait_for_a_row_it_finds_late(monkeypatch):
     assert (study.sample_count, tag.study_count) == (1, 1)
 
 
+@contextmanager
+def committed_later(write):
+    """Run ``write`` in a transaction of another thread, and the block while
+    that transaction holds it, uncommitted, for half a second; the block's
+    writes may wait for it.  The write must not fail."""
+    written, errors = threading.Event(), []
+
+    def run():
+        try:
+            with transaction.atomic():
+                write()
+                written.set()
+                time.sleep(0.5)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+            written.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    written.wait()
+    try:
+        yield
+    finally:
+        thread.join()
+    assert errors == []
+
+
 @pytest.mark.parametrize("mode", ["immediate", "deferred"])
 @pytest.mark.parametrize("how", ["instance", "queryset"])
 def test_a_delete_that_waits_for_a_move_counts_the_row_where_it_went(how, mode):
@@ -257,31 +286,13 @@ def test_a_delete_that_waits_for_a_move_counts_the_row_where_it_went(how, mode):
     first, second = (Study.objects.create(name=name, lab=lab) for name in "AB")
     sample = Sample.objects.create(study=first, name="s", weight=Decimal(1))
     stale = Sample.objects.get(pk=sample.pk)
-    moved, errors = threading.Event(), []
-
-    def mover():
-        try:
-            with transaction.atomic():
-                Sample.objects.filter(pk=sample.pk).update(study=second)
-                moved.set()
-                time.sleep(0.5)  # the delete waits for this row meanwhile
-        except Exception as error:  # pragma: no cover - reported below
-            errors.append(error)
-            moved.set()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=mover)
-    thread.start()
-    moved.wait()
-    time.sleep(0.1)
-    with override_autoupdate(mode=mode):
-        if how == "instance":
-            stale.delete()
-        else:
-            Sample.objects.filter(pk=sample.pk).delete()
-    thread.join()
-    assert errors == []
+    with committed_later(lambda: Sample.objects.filter(pk=sample.pk).update(study=second)):
+        time.sleep(0.1)
+        with override_autoupdate(mode=mode):
+            if how == "instance":
+                stale.delete()
+            else:
+                Sample.objects.filter(pk=sample.pk).delete()
     assert not Sample.objects.exists()
     assert sorted(Study.objects.values_list("name", "sample_count")) == [("A", 0), ("B", 0)]
     assert_no_drift()
@@ -320,30 +331,16 @@ def test_a_row_moved_to_a_parent_being_renamed_copies_the_new_name(how):
 
     kit = Kit.objects.create(name="before")
     reagent = Reagent.objects.create(kit=Kit.objects.create(name="elsewhere"))
-    moved, errors = threading.Event(), []
 
-    def mover():
-        try:
-            with transaction.atomic():
-                if how == "save":
-                    found = Reagent.objects.get(pk=reagent.pk)
-                    found.kit = kit
-                    found.save()
-                else:
-                    Reagent.objects.filter(pk=reagent.pk).update(kit=kit)
-                moved.set()
-                time.sleep(0.5)  # the rename starts meanwhile
-        except Exception as error:  # pragma: no cover - reported below
-            errors.append(error)
-            moved.set()
-        finally:
-            connections.close_all()
+    def move():
+        if how == "save":
+            found = Reagent.objects.get(pk=reagent.pk)
+            found.kit = kit
+            found.save()
+        else:
+            Reagent.objects.filter(pk=reagent.pk).update(kit=kit)
 
-    thread = threading.Thread(target=mover)
-    thread.start()
-    moved.wait()
-    kit.name = "after"
-    kit.save()
-    thread.join()
-    assert errors == []
+    with committed_later(move):
+        kit.name = "after"
+        kit.save()
     assert Reagent.objects.get(pk=reagent.pk).kit_label == "AFTER"
