@@ -57,7 +57,7 @@ NOT_EXECUTED = {
         2,
         "python benchmarks/mass_load.py --database-url postgres://postgres@127.0.0.1:5432/mf_bench",
     ): SHELL + " (a benchmark)",
-    ("performance.rst", 3, "python benchmarks/mass_load.py --scaling --runs 3"): SHELL + " (a benchmark)",
+    ("performance.rst", 3, "python benchmarks/mass_load.py --scaling --runs 5"): SHELL + " (a benchmark)",
     (
         "performance.rst",
         4,

@@ -24,7 +24,8 @@ def add_selection_arguments(parser: Any) -> None:
         "--batch-size",
         type=positive,
         metavar="N",
-        help="Rows per query (default: MAINTAINED_FIELDS['BATCH_SIZE']).",
+        help="Rows per query (default: MAINTAINED_FIELDS['BATCH_SIZE']; four times that "
+        "when rebuild_maintained_fields writes to PostgreSQL).",
     )
 
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from tqdm import tqdm
 
 from ...conf import get_config
@@ -90,6 +90,10 @@ def rebuild(
     group in batches, then what their changes lead to outside them; with a progress bar
     on the terminal ``bars``.  Returns the rows recomputed in each model, by label."""
     size = batch_size or get_config()["BATCH_SIZE"]
+    if batch_size is None and connections[database].vendor == "postgresql":
+        # Each batch is a transaction, whose commit waits for the disk, and
+        # PostgreSQL takes its keys as one array, whatever their number.
+        size *= 4
     label_filter = frozenset(labels) if labels else None
     # Rows per model: a model whose fields come in several groups is read
     # whole by each, and its rows count once.
