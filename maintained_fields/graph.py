@@ -10,6 +10,7 @@ not resolve are left out of it and reported by the system checks.
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -100,6 +101,17 @@ class Spec:
             if forward and len(forward) == len(dep.hops) - 1:
                 paths.add(forward[-1])
         return tuple(sorted(paths))
+
+    @cached_property
+    def forward_hops(self) -> frozenset[tuple[type[models.Model], str]]:
+        """(model, lookup) of each row this spec reads through foreign keys
+        from its own row, before any other kind of hop (``study``, then
+        ``study__lab``)."""
+        return frozenset(
+            (hop.model, hop.lookup)
+            for dep in self.deps
+            for hop in itertools.takewhile(lambda hop: hop.kind == FORWARD, dep.hops[1:])
+        )
 
     @property
     def source(self) -> str:

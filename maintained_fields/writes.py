@@ -8,7 +8,6 @@ converts it, differs from the stored one.
 from __future__ import annotations
 
 import decimal
-import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,7 +24,7 @@ from django.utils import timezone
 
 from .conf import get_config
 from .declarations import references
-from .graph import FORWARD, Dependency, Spec, get_graph, rewrite, stored_as
+from .graph import Dependency, Spec, get_graph, rewrite, stored_as
 from .signals import maintained_values_written
 
 T = TypeVar("T")
@@ -373,12 +372,7 @@ def share_lock_read(
     immediate and takes a shared lock on the parent, and a shared lock of
     ours would deadlock with the exclusive ones that writers there take
     first (:func:`tracking.lock_before_write`)."""
-    hops = {
-        (hop.model, hop.lookup)
-        for spec in specs
-        for dep in spec.deps
-        for hop in itertools.takewhile(lambda hop: hop.kind == FORWARD, dep.hops[1:])
-    }
+    hops = frozenset().union(*(spec.forward_hops for spec in specs))
     connection = connections[db]
     if not hops or connection.vendor != "postgresql":
         return
