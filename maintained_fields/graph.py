@@ -232,8 +232,8 @@ class ModelNode:
     # lock order (its children, other rows of its model): an immediate write
     # of them locks that reach before its own row (propagation.lock_first).
     locks_first: frozenset[str] = frozenset()
-    # {label filter: where a created row's values are recorded} (tracking.created_records).
-    on_insert: dict[frozenset[str] | None, tuple[tuple[Any, str | None], ...]] = field(default_factory=dict)
+    # {label filter: what the insert of a row does} (tracking.insert_plan).
+    on_insert: dict[frozenset[str] | None, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

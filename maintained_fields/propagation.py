@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, cast
@@ -383,10 +383,16 @@ class Buffer:
 
     def add(self, db: str, labels: frozenset[str] | None, records: Records) -> bool:
         """Record ``records``; False if the scope has already ended."""
+        return self.fill(db, labels, lambda work: merge(work, records))
+
+    def fill(self, db: str, labels: frozenset[str] | None, add: Callable[[Records], object]) -> bool:
+        """Let ``add`` add to the records kept for ``db`` and ``labels``;
+        False, without calling it, if the scope has already ended."""
         with self._lock:
             if self._closed:
                 return False
-            merge(self._work.setdefault((db, labels), {}), records)
+            work = self._work.get((db, labels))
+            add(self._work.setdefault((db, labels), {}) if work is None else work)
         return True
 
     def take(self) -> dict[tuple[str, frozenset[str] | None], Records]:

@@ -11,8 +11,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
+from functools import partial
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from django.db import connections, models, router, transaction
 from django.db.models import signals
@@ -20,7 +21,7 @@ from django.db.models import signals
 from . import modes
 from .background import with_its_task
 from .conf import get_config
-from .graph import REVERSE, Graph, ModelNode, Spec, get_graph, mixin_problem
+from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import (
     Records,
     dispatch,
@@ -50,6 +51,9 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     update_fields = kwargs.get("update_fields")
     if node is None or (update_fields is not None and not update_fields):
         return save(**kwargs)
+    if scope.buffer is not None and instance.pk is None and update_fields is None:
+        using = kwargs["using"] = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
+        return _insert_recorded(instance, save, kwargs, node, scope, using)
     written = attnames_of(instance, update_fields)
     own_row = own_row_specs(node, scope, written)
     if written is not None:
@@ -70,6 +74,50 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     else:
         _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+
+
+def _insert_recorded(
+    instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any], node: ModelNode,
+    scope: modes.Scope, using: str,
+) -> None:
+    """The save() of a new row in a deferred or background scope, the write a
+    loader makes thousands of times: what :func:`_save_and_record` does for
+    it, with what depends only on the model and the labels planned once."""
+    plan = insert_plan(node, scope.labels)
+    if plan.now:
+        compute_own_rows([instance], plan.now, using)
+    if _locks_parents_first(using):
+        lock_before_write(node, [(instance, None)], using)
+    save(**kwargs)
+    labels = scope.labels
+    if not scope.buffer.fill(using, labels, partial(created_records, node, instance, labels, plan.later)):  # type: ignore[union-attr]  # the caller checked
+        dispatch(scope, using, created_records(node, instance, labels, plan.later), (instance,))
+
+
+class InsertPlan(NamedTuple):
+    """What the insert of a row does, planned once per model and label filter."""
+
+    # In a deferred or background scope: the own-row fields computed before
+    # the INSERT, and those left to the flush (see after_the_write()).
+    now: list[Spec]
+    later: list[Spec]
+    # Where the new row's values are recorded: each record's key, and the
+    # foreign key whose value it records (None: the row's own key).
+    where: tuple[tuple[tuple[Dependency, int], str | None], ...]
+
+
+def insert_plan(node: ModelNode, labels: frozenset[str] | None) -> InsertPlan:
+    plan = node.on_insert.get(labels)
+    if plan is None:
+        own_row = [spec for spec in node.own_row if labels is None or spec.label in labels]
+        later = after_the_write(own_row, deferred=True)
+        where = tuple(
+            ((dep, hop.record_index), hop.up_link) if hop.kind == REVERSE else ((dep, hop.index), None)
+            for dep, hop in node.saved_edges
+            if labels is None or dep.spec.label in labels
+        )
+        plan = node.on_insert[labels] = InsertPlan([s for s in own_row if s not in later], later, where)
+    return plan
 
 
 def own_row_specs(node: ModelNode, scope: modes.Scope, written: frozenset[str] | None) -> list[Spec]:
@@ -154,12 +202,12 @@ def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, 
     specs = instance.__dict__.pop(_RETURNED, None)
     if not specs:
         return do_insert(manager, using, fields, returning_fields, raw)
-    wanted = [*returning_fields, *(spec.field for spec in specs if spec.field not in returning_fields)]
-    results = do_insert(manager, using, fields, wanted, raw)
-    values = dict(zip(wanted, results[0]))
-    for spec in specs:
-        setattr(instance, spec.field.attname, values[spec.field])
-    return [tuple(values[field] for field in returning_fields)]
+    # By position: hashing and comparing fields costs microseconds a save.
+    count = len(returning_fields)
+    row = do_insert(manager, using, fields, [*returning_fields, *(spec.field for spec in specs)], raw)[0]
+    for spec, value in zip(specs, row[count:]):
+        setattr(instance, spec.field.attname, value)
+    return [tuple(row[:count])]
 
 
 def attnames_of(instance: models.Model, update_fields: Any) -> frozenset[str] | None:
@@ -223,21 +271,14 @@ def _save_and_record(
 
 
 def created_records(node: ModelNode, instance: models.Model, labels: frozenset[str] | None,
-                    later: list[Spec]) -> Records:
+                    later: list[Spec], records: Records | None = None) -> Records:
     """The records for the insert of ``instance``, whose own-row fields save()
     computed, but for ``later``: what :func:`records_for` gives a created row,
-    from a list of where each value goes, made once per node and label filter
-    (a loader inserts many rows of one model)."""
-    plan = node.on_insert.get(labels)
-    if plan is None:
-        plan = node.on_insert[labels] = tuple(
-            ((dep, hop.record_index), hop.up_link) if hop.kind == REVERSE else ((dep, hop.index), None)
-            for dep, hop in node.saved_edges
-            if labels is None or dep.spec.label in labels
-        )
-    records: Records = {}
+    from the plan of where each value goes (a loader inserts many rows of one
+    model).  Added to ``records`` where given."""
+    records = {} if records is None else records
     pk = instance.pk
-    for key, up_link in plan:
+    for key, up_link in insert_plan(node, labels).where:
         value = pk if up_link is None else getattr(instance, up_link)
         if value is not None:
             found = records.get(key)
