@@ -93,9 +93,13 @@ def process(
                                 locked, nowait=own_transaction)
             node = graph.nodes[model]
             changed = recompute(model, targets, db, batch_size, locked=True)
+            leads: dict[frozenset[str], bool] = {}  # whether a change of these columns leads anywhere
             for instance, old in changed:
-                downstream = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
-                merge(pending, downstream)
+                columns = frozenset(old)
+                if columns not in leads:
+                    leads[columns] = _leads_on(node, columns, labels)
+                if leads[columns]:
+                    merge(pending, records_for(node, instance, labels=labels, changed=columns, old=old))
                 mine = in_memory.get((model, instance.pk))
                 if mine is not None:
                     for attname in old:
@@ -113,6 +117,15 @@ def process(
             sum(len(written) for _, written in recomputed.values()),
             time.perf_counter() - started,
         )
+
+
+def _leads_on(node: ModelNode, changed: frozenset[str], labels: frozenset[str] | None) -> bool:
+    """Whether a change of the columns ``changed`` of a row of ``node`` can
+    lead to a recompute (what :func:`records_for` asks of each edge)."""
+    return any(
+        (labels is None or dep.spec.label in labels) and (hop.triggers is None or bool(hop.triggers & changed))
+        for dep, hop in node.edges
+    )
 
 
 def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None:

@@ -11,6 +11,7 @@ import decimal
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
@@ -183,6 +184,9 @@ def recompute(
         if vendor == "postgresql" and not composite(model) and all(spec.expression is not None for spec in specs):
             changed += update_from_select(model, db, batch, specs)
             continue
+        if _updates_returning(model, specs, connection):
+            changed += update_returning(model, db, batch, specs)
+            continue
         if all(spec.settable(vendor) for spec in specs):
             changed += update_set_wise(model, db, batch, specs, size)
             continue
@@ -248,6 +252,85 @@ def update_from_select(
     for written, rows in groups.items():
         _announce(model, db, rows, sorted(written))
     return changed
+
+
+def _updates_returning(model: type[models.Model], specs: Iterable[Spec], connection: Any) -> bool:
+    """Whether :func:`update_returning` can write ``specs``: own-row
+    expressions, on SQLite with RETURNING (3.35), where the previous values
+    are not wanted (no dry run, no foreign key among the fields), into
+    columns whose stored values SQLite compares as Django does (text,
+    integers, floats: not a decimal Django rounds, nor a date it formats)."""
+    return (
+        connection.vendor == "sqlite"
+        and connection.features.can_return_columns_from_insert  # the same version brings UPDATE ... RETURNING
+        and not composite(model)
+        and _dry_run.get() is None
+        and all(
+            spec.own_row and spec.expression is not None and not spec.field.is_relation
+            and isinstance(spec.field, _COMPARED_ALIKE)
+            for spec in specs
+        )
+    )
+
+
+_COMPARED_ALIKE = (models.CharField, models.TextField, models.IntegerField, models.BooleanField, models.FloatField)
+
+
+def update_returning(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Set the own-row expression ``specs`` on the rows ``pks`` where they
+    differ from the stored values, with one ``UPDATE ... RETURNING`` per
+    spec: nothing is read first, and only the changed rows come back, with
+    their links and new values.  Returns what :func:`recompute` returns,
+    except that the previous values are not known: each is None."""
+    connection = connections[db]
+    meta = model._meta
+    links = [
+        cast("models.Field[Any, Any]", meta.get_field(attname)) for attname in sorted(get_graph().nodes[model].up_links)
+    ]
+    names = [link.attname for link in links]
+    rows: dict[Any, tuple[SimpleNamespace, dict[str, Any]]] = {}
+    for spec in sorted(specs, key=lambda spec: spec.field.attname):
+        statement = partial(_update_returning_sql, model, db, spec, [meta.pk, *links, spec.field])
+        sql, params, converters = _keyed(("returning", model, spec), model, db, pks, statement)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            found = _converted([list(row) for row in cursor.fetchall()], converters, connection)
+        attname = spec.field.attname
+        for pk, *linked, value in found:
+            entry = rows.get(pk)
+            if entry is None:
+                entry = rows[pk] = (SimpleNamespace(pk=pk, **dict(zip(names, linked))), {})
+            setattr(entry[0], attname, value)
+            entry[1][attname] = None
+    groups: dict[frozenset[str], list[Any]] = {}
+    for row, old in rows.values():
+        groups.setdefault(frozenset(old), []).append(row)
+    for written, group in groups.items():
+        _announce(model, db, group, sorted(written))
+    return list(rows.values())
+
+
+def _update_returning_sql(
+    model: type[models.Model], db: str, spec: Spec, returned: list[Any], pks: list[Any]
+) -> tuple[str, list[Any], dict[int, Any]]:
+    """``UPDATE`` the rows ``pks`` whose column of ``spec`` differs from its
+    expression, ``RETURNING`` the columns of ``returned``: SQL, parameters
+    (the keys last) and the converters of what comes back."""
+    query = cast(UpdateQuery, models.QuerySet(model, using=db).filter(pk__in=pks).query.chain(UpdateQuery))
+    compiler = query.get_compiler(using=db)
+    value, params = compiler.compile(spec.annotation().resolve_expression(query, allow_joins=False))
+    where, keys = compiler.compile(query.where)
+    quote = compiler.quote_name_unless_alias
+    table = quote(model._meta.db_table)
+    column = f"{table}.{quote(spec.field.column)}"
+    sql = (
+        f"UPDATE {table} SET {quote(spec.field.column)} = {value} WHERE {column} IS NOT ({value}) AND {where} "
+        f"RETURNING {', '.join(quote(field.column) for field in returned)}"
+    )
+    converters = compiler.get_converters([field.get_col(model._meta.db_table) for field in returned])
+    return sql, [*params, *params, *keys], converters
 
 
 def _changes(

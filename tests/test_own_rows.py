@@ -13,7 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from maintained_fields import override_autoupdate
+from maintained_fields import maintained_values_written, override_autoupdate
 from tests.ownrow.models import Basket, BasketItem, Bin, Event, Line, Reading, Slot, Ticket
 
 pytestmark = pytest.mark.django_db
@@ -131,6 +131,33 @@ def test_booleans_floats_and_nulls(mode):
     for row in Reading.objects.all():
         assert row.scaled == (None if row.value is None else row.value * row.factor)
         assert row.state == ("yes" if row.ok else "no")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_recompute_writes_and_reports_only_the_values_that_change(mode):
+    first, second, third = Reading.objects.bulk_create([Reading(value=1.0), Reading(value=2.0), Reading(value=3.0)])
+    with override_autoupdate(mode="disabled"):  # left stale: each row one field
+        Reading.objects.filter(pk=first.pk).update(ok=True)
+        Reading.objects.filter(pk=second.pk).update(value=5.0)
+    reported = []
+
+    def receiver(sender, pks, fields, **kwargs):
+        reported.append((sender, sorted(pks), fields))
+
+    maintained_values_written.connect(receiver)
+    try:
+        with override_autoupdate(mode=mode):
+            for reading in Reading.objects.all():
+                reading.save()
+    finally:
+        maintained_values_written.disconnect(receiver)
+    rows = {row.pk: (row.state, row.scaled) for row in Reading.objects.all()}
+    assert rows == {first.pk: ("yes", 2.0), second.pk: ("no", 10.0), third.pk: ("no", 6.0)}
+    if mode == "deferred":  # immediate: save() computes own-row fields itself, and writes every row
+        assert sorted(reported, key=lambda r: r[2]) == [
+            (Reading, [second.pk], ["scaled"]),
+            (Reading, [first.pk], ["state"]),
+        ]
 
 
 @pytest.mark.django_db
