@@ -62,14 +62,17 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
             kwargs["update_fields"] = [*update_fields, *added]  # type: ignore[misc]  # set, as written is
             written |= {spec.field.attname for spec in own_row}
     using = kwargs["using"] = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
-    # A write that may move an existing row reads where it was and writes in
-    # one transaction, with the row locked: a concurrent move between the two
-    # would otherwise leave the parent it came from unknown.
-    may_move = instance.pk is not None and bool(node.up_links & (node.up_links if written is None else written))
+    # A write of an existing row that may move it, or that writes back fields
+    # maintained from other rows, reads the row first and writes in one
+    # transaction, with the row locked: a concurrent write between the two
+    # would otherwise leave the parent it came from unknown, or have the
+    # value it wrote overwritten with the one read before it.
+    read = node.up_links | node.related_attnames
+    read_first = instance.pk is not None and bool(read if written is None else read & written)
     if scope.mode == modes.BACKGROUND and scope.buffer is None:
-        with with_its_task(using), (transaction.atomic(using=using, savepoint=False) if may_move else nullcontext()):
+        with with_its_task(using), (transaction.atomic(using=using, savepoint=False) if read_first else nullcontext()):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
-    elif scope.mode == modes.IMMEDIATE or may_move:
+    elif scope.mode == modes.IMMEDIATE or read_first:
         with transaction.atomic(using=using, savepoint=False):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     else:

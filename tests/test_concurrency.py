@@ -298,6 +298,26 @@ def test_a_delete_that_waits_for_a_move_counts_the_row_where_it_went(how, mode):
     assert_no_drift()
 
 
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_save_beside_a_writer_changing_the_row_s_count_keeps_the_count(mode):
+    """Found by an outside tester: in a deferred scope, save() of a batch (a
+    row with no foreign key, which cannot move) read its count, unlocked and
+    outside a transaction, while another writer added a vial; its UPDATE
+    waited for that writer, then wrote back the count it had read, and the
+    flush, recomputing what the new name leads to, left the count stale."""
+    from tests.chain.models import Batch, Vial
+
+    batch = Batch.objects.create(name="before")
+    Vial.objects.create(batch=batch)
+    with committed_later(lambda: Vial.objects.create(batch=batch)):
+        with override_autoupdate(mode=mode):
+            found = Batch.objects.get(pk=batch.pk)
+            found.name = "after"
+            found.save()
+    assert Batch.objects.values_list("label", "vial_count").get() == ("AFTER", 2)
+    assert sorted(Vial.objects.values_list("batch_label", flat=True)) == ["AFTER", "AFTER"]
+
+
 def test_moves_under_a_path_through_a_maintained_field_of_the_parent():
     # Each vial copies its batch's label, maintained from the batch's name,
     # and each batch counts its vials.  A move recomputes the batches for
