@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db.models import F, Field, Model, Q
+from django.db.models import F, Field, Model, Q, Window
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -128,6 +128,10 @@ def maintained(field: Field, expression: Any, *, label: str | None = None) -> Fi
     The field is returned unchanged, so its migrations are the plain field's::
 
         sample_count = maintained(models.IntegerField(default=0), Count("samples"))
+
+    A many-to-many field, or an expression with a window function, raises
+    TypeError at once; an aggregate that reads no relation (``Sum("weight")``
+    of the row's own column) is system check error E011.
     """
     if not isinstance(field, Field):
         raise TypeError(
@@ -142,8 +146,26 @@ def maintained(field: Field, expression: Any, *, label: str | None = None) -> Fi
         )
     if label is not None and (not isinstance(label, str) or not label):
         raise TypeError("maintained() label must be a non-empty string or None.")
+    if field.many_to_many:
+        raise TypeError(
+            "maintained() cannot keep a many-to-many field: it is a table of links, not a column. "
+            "Keep a column derived from it instead, e.g. maintained(models.IntegerField(default=0), Count('tags'))."
+        )
+    if _has_window(expression):
+        raise TypeError(
+            f"maintained() cannot keep a window function ({expression!r}): its value depends on the other "
+            "rows of a query, and a maintained value is computed for one row. Use an aggregate over a "
+            "relation, e.g. Count('samples'), or compute it when you read the rows."
+        )
     setattr(field, EXPRESSION, Declaration("", (), label, expression))
     return field
+
+
+def _has_window(expression: Any) -> bool:
+    if isinstance(expression, Window):
+        return True
+    sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
+    return any(_has_window(source) for source in sources if source is not None)
 
 
 def expressions_of(model: type[Model]) -> dict[str, Declaration]:

@@ -569,6 +569,20 @@ def _spec(
         )
         return None
     seen[key] = by
+    if declaration.expression is not None:
+        own = _aggregates_of_the_row(model, declaration.expression)
+        if own:
+            errors.append(
+                _error(
+                    11,
+                    f"{where} aggregates the row's own fields ({', '.join(own)}): an aggregate reads the "
+                    "rows of a relation, and a row has one value of its own fields.",
+                    model,
+                    "Aggregate through a relation, e.g. Sum('samples__weight'), or write F('name') "
+                    "for the row's own value.",
+                )
+            )
+            return None
     spec = Spec(
         model, target, method_name, declaration.label, declaration.depends_on, expression=declaration.expression
     )
@@ -594,6 +608,32 @@ def _spec(
         spec.own_triggers = frozenset().union(*(cast(frozenset[str], dep.hops[0].triggers) for dep in deps))
         spec.after_write = bool(spec.own_triggers & _set_by_the_write(model))
     return spec
+
+
+def _aggregates_of_the_row(model: type[models.Model], expression: Any) -> list[str]:
+    """The aggregates of ``expression`` that read no relation (``Sum("n")``,
+    ``Count("*")``), as written."""
+    found: list[str] = []
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, models.Aggregate):
+            names = set().union(*(references(source) for source in node.get_source_expressions()[:1]))
+            if not any(_is_relation(model, name.split("__")[0]) for name in names):
+                found.append(repr(node))
+            return node
+        return None
+
+    rewrite(expression, visit)
+    return found
+
+
+def _is_relation(model: type[models.Model], name: str) -> bool:
+    if name == "pk":
+        return False
+    try:
+        return bool(model._meta.get_field(name).is_relation)
+    except FieldDoesNotExist:
+        return True  # not a field: E002 reports the path
 
 
 def _set_by_the_write(model: type[models.Model]) -> frozenset[str]:

@@ -11,7 +11,8 @@ from decimal import Decimal
 import pytest
 from django.core import checks
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Count, F
+from django.db.models import Count, F, Sum, Window
+from django.db.models.functions import RowNumber
 from django.test.utils import CaptureQueriesContext, isolate_apps
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -187,11 +188,37 @@ def test_a_path_the_expression_cannot_reach_is_a_check_error():
     assert isinstance(errors[0], checks.Error)
 
 
+@isolate_apps("tests.expressions")
+def test_an_aggregate_of_the_row_s_own_fields_is_a_check_error():
+    # Found by an outside tester: check passed, and every create() failed
+    # with the database's "misuse of aggregate function".
+    class Bale(MaintainedModel):
+        weight = models.IntegerField(default=0)
+        total = maintained(models.IntegerField(default=0), Sum("weight"))
+        rows = maintained(models.IntegerField(default=0), Count("pk"))
+        fine = maintained(models.IntegerField(default=0), F("weight") + 1)
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Bale]).errors
+    assert [(error.id, error.msg.split(" aggregates ")[0]) for error in errors] == [
+        ("maintained_fields.E011", "expressions.Bale.total's maintained() expression"),
+        ("maintained_fields.E011", "expressions.Bale.rows's maintained() expression"),
+    ]
+    assert "Sum(F(weight))" in errors[0].msg and "Sum('samples__weight')" in errors[0].hint
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
         (("sample_count", Count("samples")), "takes a model field first"),
         ((models.IntegerField(), "samples"), "takes a Django expression second"),
+        # From an outside tester: check passed, and nothing was ever maintained.
+        ((models.ManyToManyField("self"), Count("samples")), "cannot keep a many-to-many field"),
+        # ... and create() failed with "misuse of window function"; bulk_create() stored 1, 2, ...
+        ((models.IntegerField(), Window(RowNumber())), "cannot keep a window function"),
+        ((models.IntegerField(), F("n") + Window(RowNumber())), "cannot keep a window function"),
     ],
 )
 def test_bad_arguments_say_what_to_write(arguments, message):
