@@ -209,7 +209,7 @@ def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, 
     count = len(returning_fields)
     row = do_insert(manager, using, fields, [*returning_fields, *(spec.field for spec in specs)], raw)[0]
     for spec, value in zip(specs, row[count:]):
-        setattr(instance, spec.field.attname, value)
+        setattr(instance, spec.field.attname, normalize(spec, value))  # raises if the column cannot store it
     return [tuple(row[:count])]
 
 

@@ -262,14 +262,14 @@ def _updates_returning(model: type[models.Model], specs: Iterable[Spec], connect
     integers, floats: not a decimal Django rounds, nor a date it formats)."""
     return (
         connection.vendor == "sqlite"
-        and connection.features.can_return_columns_from_insert  # the same version brings UPDATE ... RETURNING
-        and not composite(model)
-        and _dry_run.get() is None
         and all(
             spec.own_row and spec.expression is not None and not spec.field.is_relation
             and isinstance(spec.field, _COMPARED_ALIKE)
             for spec in specs
         )
+        and connection.features.can_return_columns_from_insert  # the same version brings UPDATE ... RETURNING
+        and not composite(model)
+        and _dry_run.get() is None
     )
 
 
@@ -299,6 +299,7 @@ def update_returning(
             found = _converted([list(row) for row in cursor.fetchall()], converters, connection)
         attname = spec.field.attname
         for pk, *linked, value in found:
+            value = normalize(spec, value)  # a value the column cannot store raises, as on every path
             entry = rows.get(pk)
             if entry is None:
                 entry = rows[pk] = (SimpleNamespace(pk=pk, **dict(zip(names, linked))), {})

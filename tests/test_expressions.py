@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from django.core import checks
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DataError, IntegrityError, connection, models, transaction
 from django.db.models import Count, F, Sum, Window
 from django.db.models.functions import RowNumber
 from django.test.utils import CaptureQueriesContext, isolate_apps
@@ -224,6 +224,18 @@ def test_an_aggregate_of_the_row_s_own_fields_is_a_check_error():
 def test_bad_arguments_say_what_to_write(arguments, message):
     with pytest.raises(TypeError, match=message):
         maintained(*arguments)
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_value_the_column_cannot_hold_fails_the_write(mode):
+    # SQLite stores a string of any length: there the package refuses it
+    # itself, as PostgreSQL and MariaDB refuse the name already.
+    with pytest.raises((ValueError, DataError)) as error, transaction.atomic():
+        with override_autoupdate(mode=mode):
+            Part.objects.create(name="x" * 60)
+    if connection.vendor == "sqlite":
+        assert "it has 60 characters, more than max_length=50" in str(error.value)
+    assert not Part.objects.exists()
 
 
 def test_own_row_expressions_are_computed_before_the_write():
