@@ -323,7 +323,7 @@ def _update_returning_sql(
     compiler = query.get_compiler(using=db)
     value, params = compiler.compile(spec.annotation().resolve_expression(query, allow_joins=False))
     where, keys = compiler.compile(query.where)
-    quote = compiler.quote_name_unless_alias
+    quote: Callable[[Any], str] = connections[db].ops.quote_name
     table = quote(model._meta.db_table)
     column = f"{table}.{quote(spec.field.column)}"
     sql = (
