@@ -216,9 +216,7 @@ def update_from_select(
     specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
     connection = connections[db]
     meta = model._meta
-    links = [
-        cast("models.Field[Any, Any]", meta.get_field(attname)) for attname in sorted(get_graph().nodes[model].up_links)
-    ]
+    links = _link_fields(model)
     names = {f"_maintained_{spec.field.attname}": spec for spec in specs}
 
     def query(pks: list[Any]) -> models.QuerySet[Any]:
@@ -254,6 +252,12 @@ def update_from_select(
     return changed
 
 
+def _link_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
+    """The model's foreign keys that paths follow up to a parent, by attname."""
+    meta = model._meta
+    return [cast("models.Field[Any, Any]", meta.get_field(a)) for a in sorted(get_graph().nodes[model].up_links)]
+
+
 def _updates_returning(model: type[models.Model], specs: Iterable[Spec], connection: Any) -> bool:
     """Whether :func:`update_returning` can write ``specs``: own-row
     expressions, on SQLite with RETURNING (3.35), where the previous values
@@ -286,9 +290,7 @@ def update_returning(
     except that the previous values are not known: each is None."""
     connection = connections[db]
     meta = model._meta
-    links = [
-        cast("models.Field[Any, Any]", meta.get_field(attname)) for attname in sorted(get_graph().nodes[model].up_links)
-    ]
+    links = _link_fields(model)
     names = [link.attname for link in links]
     rows: dict[Any, tuple[SimpleNamespace, dict[str, Any]]] = {}
     for spec in sorted(specs, key=lambda spec: spec.field.attname):
