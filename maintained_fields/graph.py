@@ -251,6 +251,9 @@ class Graph:
     layers: tuple[int, ...] = ()
     # The models whose rows a flush locks as it reads their links (see _walk_locks).
     walk_locks: frozenset[type[models.Model]] = frozenset()
+    # Whether a maintained field reads rows through foreign keys from its own
+    # row (``study__lab__name``): a recompute locks those as it finds them.
+    reads_forward: bool = False
     # Per model, the foreign keys onto it that a path follows and whose
     # on_delete moves the children to another row (SET, SET_DEFAULT, custom).
     moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey[Any, Any], ...]] = field(default_factory=dict)
@@ -806,6 +809,7 @@ def _index(graph: Graph) -> None:
     graph.order = tuple(graph.order[i] for i in walk)
     graph.specs = tuple(spec for _, group in graph.order for spec in group)
     graph.walk_locks = _walk_locks(graph)
+    graph.reads_forward = any(spec.forward_hops for spec in graph.specs)
     _mark_locks_first(graph)
     moved: dict[type[models.Model], list[models.ForeignKey[Any, Any]]] = defaultdict(list)
     for model, node in nodes.items():

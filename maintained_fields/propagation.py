@@ -18,19 +18,20 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.db import DatabaseError, connections, models, transaction
 
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
-from .writes import chunks, fetch, lock_rows, recompute, resolve, share_lock_read
+from .writes import announced_at_the_end, chunks, fetch, forward_reads, lock_rows, recompute, resolve, share_lock_read
 from .writes import lock as lock_rows_of
 
 logger = logging.getLogger("maintained_fields")
 
 Records = dict[tuple[Dependency, int], set[Any]]
+T = TypeVar("T")
 
 def merge(into: Records, records: Records) -> None:
     for key, pks in records.items():
@@ -65,48 +66,45 @@ def process(
     """
     graph = get_graph()
     started = time.perf_counter()
-    pending: Records = {}
-    merge(pending, records)
-    in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
-    recomputed: dict[str, tuple[set[Any], set[Any]]] = {}  # label: (rows recomputed, rows changed)
+    connection = connections[db]
+    # In the user's transaction on PostgreSQL, the rows a recompute finds
+    # late (what a row reads through foreign keys, a row linked meanwhile)
+    # are taken without waiting, under a savepoint: a row another writer
+    # holds makes the work give back its locks and begin again with that row
+    # locked up front, in order.  The package's own flush needs none of this:
+    # it fails at once and is retried whole.
+    gives_back = (
+        not own_transaction
+        and connection.vendor == "postgresql"
+        and graph.reads_forward
+        and get_config()["LOCK_ROWS"]
+    )
+    attempts = 10 if gives_back else 1
+    up_front: dict[type[models.Model], set[Any]] = {}
     with transaction.atomic(using=db, savepoint=False):
         if own_transaction:
             _read_committed(db)
-        # Lock every row the work may reach before recomputing any, model by
-        # model in one order for every writer: rows locked as they are found
-        # would let two writers each hold a row the other wants next.
-        resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-        known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
-        size = batch_size or get_config()["BATCH_SIZE"]
-        locked: dict[type[models.Model], set[Any]] | None = None
-        if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-            locked = _lock_reach(graph, known, labels, db, batch_size, resolved)
-        for (model, specs), targets in zip(graph.order, known):
-            if pending:
-                for pk, found in _targets(specs, pending, labels, db, batch_size, resolved).items():
-                    targets.setdefault(pk, set()).update(found)
-            if not targets:
+        for attempt in range(attempts):
+            savepoint = connection.savepoint() if gives_back else None
+            try:
+                # Nothing is announced of an attempt that is rolled back.
+                with announced_at_the_end(gives_back or own_transaction):
+                    recomputed = _recompute_all(
+                        graph, db, labels, records, instances, batch_size, up_front,
+                        nowait=own_transaction or (gives_back and attempt < attempts - 1),
+                        gives_back=gives_back,
+                    )
+            except _LateRows as late:
+                connection.savepoint_rollback(cast(str, savepoint))
+                for model, rows in late.rows.items():
+                    up_front.setdefault(model, set()).update(rows)
+                if late.model is not None:
+                    for model, rows in forward_reads(late.model, db, late.pks, late.specs).items():
+                        up_front.setdefault(model, set()).update(rows)
                 continue
-            if locked is not None:
-                _lock_late(model, targets, locked, db, size, own_transaction)
-                share_lock_read(model, db, list(targets), {s for found in targets.values() for s in found},
-                                locked, nowait=own_transaction)
-            node = graph.nodes[model]
-            changed = recompute(model, targets, db, batch_size, locked=True)
-            leads: dict[frozenset[str], bool] = {}  # whether a change of these columns leads anywhere
-            for instance, old in changed:
-                columns = frozenset(old)
-                if columns not in leads:
-                    leads[columns] = _leads_on(node, columns, labels)
-                if leads[columns]:
-                    merge(pending, records_for(node, instance, labels=labels, changed=columns, old=old))
-                mine = in_memory.get((model, instance.pk))
-                if mine is not None:
-                    for attname in old:
-                        setattr(mine, attname, getattr(instance, attname))
-            rows, written = recomputed.setdefault(model._meta.label, (set(), set()))
-            rows.update(targets)
-            written.update(instance.pk for instance, _ in changed)
+            if savepoint is not None:
+                connection.savepoint_commit(savepoint)
+            break
     if recomputed and logger.isEnabledFor(level):
         logger.log(
             level,
@@ -117,6 +115,93 @@ def process(
             sum(len(written) for _, written in recomputed.values()),
             time.perf_counter() - started,
         )
+
+
+class _LateRows(Exception):
+    """A row to lock out of order was held by another writer.  ``rows``: the
+    rows wanted, by model; and where the rows that the recompute of the rows
+    ``pks`` of ``model`` for ``specs`` reads through foreign keys were
+    wanted, those three."""
+
+    def __init__(
+        self,
+        rows: dict[type[models.Model], set[Any]],
+        model: type[models.Model] | None = None,
+        pks: list[Any] = (),  # type: ignore[assignment]
+        specs: set[Spec] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
+        self.rows, self.model, self.pks, self.specs = rows, model, pks, specs
+
+
+def _recompute_all(
+    graph: Graph,
+    db: str,
+    labels: frozenset[str] | None,
+    records: Records,
+    instances: tuple[models.Model, ...],
+    batch_size: int | None,
+    up_front: dict[type[models.Model], set[Any]],
+    nowait: bool,
+    gives_back: bool,
+) -> dict[str, tuple[set[Any], set[Any]]]:
+    """The work of :func:`process`, in its transaction: lock ``up_front``,
+    then the reach, then recompute group by group.  Returns, by model label,
+    the rows recomputed and the rows changed.
+
+    With ``nowait``, a row locked late that another transaction holds
+    raises DatabaseError, or with ``gives_back`` :class:`_LateRows` (the
+    caller gives the locks back and calls again).
+    """
+    pending: Records = {}
+    merge(pending, records)
+    in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
+    recomputed: dict[str, tuple[set[Any], set[Any]]] = {}  # label: (rows recomputed, rows changed)
+    size = batch_size or get_config()["BATCH_SIZE"]
+    # Lock every row the work may reach before recomputing any, model by
+    # model in one order for every writer: rows locked as they are found
+    # would let two writers each hold a row the other wants next.  Once the
+    # rows of an attempt that gave them back are locked up front, no lock
+    # is waited for: a row missing from them is added, and the work begun again.
+    _lock_in_order(graph, up_front, db, size)
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+    known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
+    locked: dict[type[models.Model], set[Any]] | None = None
+    if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
+        locked = _lock_reach(graph, known, labels, db, batch_size, resolved, nowait=bool(up_front) and nowait)
+        for model, rows in up_front.items():
+            locked.setdefault(model, set()).update(rows)
+    for (model, specs), targets in zip(graph.order, known):
+        if pending:
+            for pk, found in _targets(specs, pending, labels, db, batch_size, resolved).items():
+                targets.setdefault(pk, set()).update(found)
+        if not targets:
+            continue
+        if locked is not None:
+            pks, read = list(targets), {s for found in targets.values() for s in found}
+            try:
+                _lock_late(model, targets, locked, db, size, nowait)
+                share_lock_read(model, db, pks, read, locked, nowait=nowait)
+            except DatabaseError:
+                if not (nowait and gives_back):
+                    raise
+                raise _LateRows({**locked, model: locked.get(model, set()) | set(pks)}, model, pks, read) from None
+        node = graph.nodes[model]
+        changed = recompute(model, targets, db, batch_size, locked=True)
+        leads: dict[frozenset[str], bool] = {}  # whether a change of these columns leads anywhere
+        for instance, old in changed:
+            columns = frozenset(old)
+            if columns not in leads:
+                leads[columns] = _leads_on(node, columns, labels)
+            if leads[columns]:
+                merge(pending, records_for(node, instance, labels=labels, changed=columns, old=old))
+            mine = in_memory.get((model, instance.pk))
+            if mine is not None:
+                for attname in old:
+                    setattr(mine, attname, getattr(instance, attname))
+        rows, written = recomputed.setdefault(model._meta.label, (set(), set()))
+        rows.update(targets)
+        written.update(instance.pk for instance, _ in changed)
+    return recomputed
 
 
 def _leads_on(node: ModelNode, changed: frozenset[str], labels: frozenset[str] | None) -> bool:
@@ -140,7 +225,12 @@ def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None
 
 
 def lock_first(
-    db: str, labels: frozenset[str] | None, model: type[models.Model], own: Iterable[Any], records: Records
+    db: str,
+    labels: frozenset[str] | None,
+    model: type[models.Model],
+    own: Iterable[Any],
+    records: Records,
+    reread: Callable[[], Records] | None = None,
 ) -> None:
     """Lock, before an immediate write changes the rows ``own`` of ``model``,
     those rows and every row that processing the write's ``records`` may
@@ -157,7 +247,8 @@ def lock_first(
     are taken too, at once or not at all (NOWAIT).  Where the database
     gives row locks back with a savepoint (PostgreSQL), a row another writer
     holds makes the write give back its locks and take them again with the
-    new rows, in order.
+    new rows, in order.  ``reread``: the write's records made again from
+    its rows once they are locked (their values read unlocked may be stale).
     """
     graph = get_graph()
     size = get_config()["BATCH_SIZE"]
@@ -173,6 +264,8 @@ def lock_first(
             wanted.setdefault(other, set()).update(rows)
         savepoint = connection.savepoint() if gives_back else None
         _lock_in_order(graph, wanted, db, size, exclusive=True)
+        if reread is not None:
+            records = reread()
         late = _late(_reach_by_model(graph, records, labels, db), wanted)
         # The last attempt waits for the rows it finds late: a write never
         # goes on without its reach locked (at worst, the database reports
@@ -257,17 +350,29 @@ def _lock_reach(
     db: str,
     size: int | None,
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
+    nowait: bool = False,
 ) -> dict[type[models.Model], set[Any]]:
     """Lock the rows the work may recompute (:func:`_walk_reach`); return them by model.
 
     The rows of ``graph.walk_locks`` are locked by the query that reads
     their links, as the walk meets them; the others after it, model by
-    model in ``graph.model_order``.
+    model in ``graph.model_order``.  With ``nowait``, a row another
+    transaction holds raises :class:`_LateRows`.
     """
-    reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True)
+    reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True, nowait=nowait)
     locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
     rest = [set() if model in graph.walk_locks else rows for (model, _), rows in zip(graph.order, reach)]
-    locked.update(_lock_targets(graph, rest, db, size or get_config()["BATCH_SIZE"]))
+    by_model: dict[type[models.Model], set[Any]] = {}
+    for (model, _), rows in zip(graph.order, rest):
+        if rows:
+            by_model.setdefault(model, set()).update(rows)
+    try:
+        _lock_in_order(graph, by_model, db, size or get_config()["BATCH_SIZE"], nowait=nowait)
+    except DatabaseError:
+        if not nowait:
+            raise
+        raise _LateRows(rows=by_model) from None
+    locked.update(by_model)
     return locked
 
 
@@ -279,6 +384,7 @@ def _walk_reach(
     size: int | None,
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
     lock: bool,
+    nowait: bool = False,
 ) -> list[set[Any]]:
     """Per group of ``graph.order``, the rows ``known`` and the rows
     downstream of them, as if every value the work recomputes changed; with
@@ -306,7 +412,14 @@ def _walk_reach(
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & every)
         ]
-        for row in rows_with_links(model, db, rows, links, size, lock=lock and model in graph.walk_locks):
+        try:
+            locks = lock and model in graph.walk_locks
+            linked = rows_with_links(model, db, rows, links, size, lock=locks, nowait=nowait)
+        except DatabaseError:
+            if not nowait:
+                raise
+            raise _LateRows(rows={model: rows}) from None
+        for row in linked:
             merge(downstream, records_for(node, row, labels=labels, changed=written.get(row.pk, every)))
     return reach
 
@@ -318,34 +431,25 @@ def rows_with_links(
     links: Iterable[str],
     size: int | None = None,
     lock: bool = False,
+    nowait: bool = False,
 ) -> list[Any]:
     """The rows ``pks`` with the values of the foreign keys ``links``: the rows
-    that exist, read in batches (locked in primary-key order with ``lock``);
-    with no links and no lock, every pk, nothing read."""
+    that exist, read in batches (locked in primary-key order with ``lock``,
+    not waited for with ``nowait``); with no links and no lock, every pk,
+    nothing read."""
     links = tuple(links)
     if not links and not lock:
         return [SimpleNamespace(pk=pk) for pk in pks]
 
     def query(batch: list[Any]) -> models.QuerySet[Any]:
         rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=batch)
-        return (lock_rows_of(rows.order_by("pk")) if lock else rows).values_list("pk", *links)
+        return (lock_rows_of(rows.order_by("pk"), nowait) if lock else rows).values_list("pk", *links)
 
     found = []
     for batch in chunks(sorted(pks) if lock else pks, size or get_config()["BATCH_SIZE"]):
-        rows = fetch(("links", model, links, lock), model, db, batch, query)
+        rows = fetch(("links", model, links, lock, nowait), model, db, batch, query)
         found += [SimpleNamespace(**dict(zip(("pk", *links), row))) for row in rows]
     return found
-
-
-def _lock_targets(graph: Graph, known: list[Any], db: str, size: int) -> dict[type[models.Model], set[Any]]:
-    """Lock the rows ``known`` per group of ``graph.order``, model by model
-    in ``graph.model_order``; return them by model."""
-    by_model: dict[type[models.Model], set[Any]] = {}
-    for (model, _), targets in zip(graph.order, known):
-        if targets:
-            by_model.setdefault(model, set()).update(targets)
-    _lock_in_order(graph, by_model, db, size)
-    return by_model
 
 
 def _lock_in_order(graph: Graph, by_model: dict[type[models.Model], set[Any]], db: str, size: int,
@@ -361,19 +465,19 @@ def _lock_late(
     locked: dict[type[models.Model], set[Any]],
     db: str,
     size: int,
-    own_transaction: bool,
+    nowait: bool,
 ) -> None:
     """Lock the ``targets`` that the locks taken up front missed.
 
     They are rows that another writer linked to the work after its reach was
     read (under READ COMMITTED a committed link shows at once), and are
-    locked out of order: the package's own flush does not wait for them, it
-    fails at once and is retried, when its reach will hold them.
+    locked out of order, so with ``nowait`` not waited for: the work fails
+    at once and is done again with them in its reach.
     """
     mine = locked.setdefault(model, set())
     late = targets.keys() - mine
     if late:
-        lock_rows(model, db, late, size, nowait=own_transaction)
+        lock_rows(model, db, late, size, nowait=nowait)
         mine |= late
 
 
@@ -454,21 +558,32 @@ def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -
     any of the user's.
 
     There the work is idempotent (it recomputes from the rows as they are), so
-    a deadlock or serialization failure is retried, up to RETRIES attempts in
-    all, after a jittered, growing pause; each retry is logged at WARNING.
+    a deadlock or serialization failure is retried (:func:`retrying`).
     Inside the user's transaction nothing is retried.
     """
     if connections[db].in_atomic_block:
         return process(db, labels, records, level=logging.INFO)
+    retrying(db, "Maintained-field updates", partial(process, db, labels, records, level=logging.INFO,
+                                                     own_transaction=True))
+
+
+def retrying(db: str, what: str, work: Callable[[], T], undo: Callable[[], object] | None = None) -> T:
+    """``work()``, a transaction of the package's own on ``db``: a deadlock or
+    serialization failure, which rolls it back, is retried, up to RETRIES
+    attempts in all, after a jittered, growing pause and ``undo()``; each
+    retry is logged at WARNING, naming ``what`` failed."""
     for attempt in range(1, RETRIES + 1):
         try:
-            return process(db, labels, records, level=logging.INFO, own_transaction=True)
+            return work()
         except DatabaseError as error:
             if attempt == RETRIES or not _transient(error):
                 raise
+            if undo is not None:
+                undo()
             pause = random.uniform(0.5, 1.5) * 0.02 * 2**attempt
             logger.warning(
-                "Maintained-field updates on %r failed with %s; retry %d of %d in %.3fs.",
+                "%s on %r failed with %s; retry %d of %d in %.3fs.",
+                what,
                 db,
                 str(error).splitlines()[0],
                 attempt,
@@ -476,6 +591,7 @@ def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -
                 pause,
             )
             time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # SQLSTATE classes of PostgreSQL, error numbers of MySQL and MariaDB.

@@ -30,9 +30,19 @@ from .propagation import (
     merge,
     recompute_records,
     records_for,
+    retrying,
     rows_with_links,
 )
-from .writes import evaluate_in_memory, lock_rows, locking, normalize, own_row_sql, resolve, row_expression
+from .writes import (
+    announced_at_the_end,
+    evaluate_in_memory,
+    lock_rows,
+    locking,
+    normalize,
+    own_row_sql,
+    resolve,
+    row_expression,
+)
 from .writes import lock as lock_rows_of
 
 _OLD = "_maintained_fields_old"
@@ -73,10 +83,43 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
         with with_its_task(using), (transaction.atomic(using=using, savepoint=False) if read_first else nullcontext()):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
     elif scope.mode == modes.IMMEDIATE or read_first:
-        with transaction.atomic(using=using, savepoint=False):
-            _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+        write = partial(_save_and_record, instance, save, kwargs, node, scope, using, written, own_row)
+        if connections[using].in_atomic_block:
+            with transaction.atomic(using=using, savepoint=False):
+                write()
+        else:
+            # The transaction is the package's own: a deadlock, which rolls it
+            # back, is retried with the instance as it was.
+            retrying(using, f"A save() of {instance._meta.label}", partial(_atomically, using, write),
+                     undo=_snapshot(instance, kwargs))
     else:
         _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+
+
+def _atomically(using: str, write: Callable[[], None]) -> None:
+    """``write()`` in a transaction; the values it writes announced at its end,
+    not at all if it fails (it is then done again)."""
+    with transaction.atomic(using=using), announced_at_the_end():
+        write()
+
+
+def _snapshot(instance: models.Model, kwargs: dict[str, Any]) -> Callable[[], None]:
+    """What puts ``instance`` and the save()'s ``kwargs`` back as they are now."""
+    values, state, cache, arguments = dict(instance.__dict__), dict(vars(instance._state)), None, dict(kwargs)
+    if "fields_cache" in state:
+        cache = dict(state["fields_cache"])
+
+    def restore() -> None:
+        instance.__dict__.clear()
+        instance.__dict__.update(values)
+        vars(instance._state).clear()
+        vars(instance._state).update(state)
+        if cache is not None:
+            instance._state.fields_cache = dict(cache)
+        kwargs.clear()
+        kwargs.update(arguments)
+
+    return restore
 
 
 def _insert_recorded(
@@ -231,9 +274,7 @@ def _save_and_record(
 ) -> None:
     adding = instance._state.adding
     if not adding and reaches_first(node, scope, written, using):
-        before = _read_before(instance, node, using, written, refresh=False)
-        if before:
-            lock_reach_first(node, scope, [(instance, before)], written, using)
+        _lock_reach_of_instance(instance, node, scope, written, using)
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
     later = after_the_write(own_row, scope.mode in modes.RECORDING)
@@ -354,6 +395,18 @@ def reaches_first(node: ModelNode, scope: modes.Scope, written: frozenset[str] |
     )
 
 
+def _lock_reach_of_instance(
+    instance: models.Model, node: ModelNode, scope: modes.Scope, written: frozenset[str] | None, using: str
+) -> None:
+    """:func:`lock_reach_first` for a save() of ``instance``."""
+
+    def read() -> list[tuple[Any, dict[str, Any]]]:
+        before = _read_before(instance, node, using, written, refresh=False)
+        return [(instance, before)] if before else []
+
+    lock_reach_first(node, scope, read(), written, using, reread=read)
+
+
 def lock_reach_first(
     node: ModelNode,
     scope: modes.Scope,
@@ -361,18 +414,31 @@ def lock_reach_first(
     written: frozenset[str] | None,
     using: str,
     changed: frozenset[str] | None = None,
+    reread: Callable[[], list[tuple[Any, dict[str, Any]]]] | None = None,
 ) -> None:
     """Before an immediate write of ``rows`` (each an instance or row with
     the values it holds, read unlocked), lock the rows and the reach of
     their change in lock order, if the change reaches rows that come before
     them (see :func:`propagation.lock_first`).  ``changed``: what the write
-    changes in every row, where the rows cannot tell (an update())."""
-    records: Records = {}
-    for row, old in rows:
-        row_changed = changed_attnames(row, node, written, old) if changed is None else changed
-        if row_changed & node.locks_first:
-            merge(records, records_for(node, row, labels=scope.labels, changed=row_changed, old=old))
-    if records:
+    changes in every row, where the rows cannot tell (an update()).
+    ``reread``: ``rows`` read again, once they are locked; where the
+    database gives locks back, the rows are locked this way even when what
+    they held unlocked changes nothing that reaches back, since another
+    writer may have changed them in between."""
+
+    def records_of(rows: list[tuple[Any, dict[str, Any]]]) -> Records:
+        records: Records = {}
+        for row, old in rows:
+            row_changed = changed_attnames(row, node, written, old) if changed is None else changed
+            if row_changed & node.locks_first:
+                merge(records, records_for(node, row, labels=scope.labels, changed=row_changed, old=old))
+        return records
+
+    records = records_of(rows)
+    if reread is not None and rows and feature(using, "has_select_for_no_key_update"):  # PostgreSQL
+        lock_first(using, scope.labels, node.model, [old.get("pk", row.pk) for row, old in rows], records,
+                   reread=lambda: records_of(reread()))
+    elif records:
         lock_first(using, scope.labels, node.model, [old.get("pk", row.pk) for row, old in rows], records)
 
 
@@ -517,9 +583,7 @@ def _pre_save(
     node = cast(ModelNode, get_graph().node(sender))  # connected for the models of the graph
     written = attnames_of(instance, update_fields)
     if not instance._state.adding and reaches_first(node, scope, written, using):
-        before = _read_before(instance, node, using, written, refresh=False)
-        if before:
-            lock_reach_first(node, scope, [(instance, before)], written, using)
+        _lock_reach_of_instance(instance, node, scope, written, using)
     old = _read_before(instance, node, using, written, refresh=False)
     lock_parents(instance, node, old, using)
     instance.__dict__[_OLD] = (instance._state.adding, written, old)

@@ -458,23 +458,42 @@ def share_lock_read(
     immediate and takes a shared lock on the parent, and a shared lock of
     ours would deadlock with the exclusive ones that writers there take
     first (:func:`tracking.lock_before_write`)."""
-    hops = frozenset().union(*(spec.forward_hops for spec in specs))
     connection = connections[db]
-    if not hops or connection.vendor != "postgresql":
+    if connection.vendor != "postgresql":
         return
-    order = get_graph().model_order
     share = " FOR SHARE NOWAIT" if nowait else " FOR SHARE"
+    for parent, rows in _forward_rows(model, db, pks, specs):
+        if held.get(parent):
+            rows = rows.exclude(pk__in=held[parent])
+        sql, params = rows.order_by("pk").values_list("pk").query.get_compiler(using=db).as_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(sql + share, params)
+
+
+def forward_reads(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
+) -> dict[type[models.Model], set[Any]]:
+    """The rows that ``specs`` read through foreign keys alone from the rows
+    ``pks`` of ``model``, by model, read now without locks."""
+    found: dict[type[models.Model], set[Any]] = {}
+    for parent, rows in _forward_rows(model, db, pks, specs):
+        found.setdefault(parent, set()).update(rows.values_list("pk", flat=True))
+    return found
+
+
+def _forward_rows(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
+) -> Iterator[tuple[type[models.Model], models.QuerySet[Any]]]:
+    """Per model in lock order and batch of ``pks``, the rows of it that
+    ``specs`` read through foreign keys alone from the rows ``pks``."""
+    hops = frozenset().union(*(spec.forward_hops for spec in specs))
+    order = get_graph().model_order
     for parent, lookup in sorted(hops, key=lambda hop: (order.get(hop[0], len(order)), hop[1])):
         for batch in chunks(pks, get_config()["BATCH_SIZE"]):
             reached: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=batch).values(
                 f"{lookup}__pk"
             )
-            rows: models.QuerySet[Any] = models.QuerySet(parent, using=db).filter(pk__in=reached)
-            if held.get(parent):
-                rows = rows.exclude(pk__in=held[parent])
-            sql, params = rows.order_by("pk").values_list("pk").query.get_compiler(using=db).as_sql()
-            with connection.cursor() as cursor:
-                cursor.execute(sql + share, params)
+            yield parent, models.QuerySet(parent, using=db).filter(pk__in=reached)
 
 
 def locking(db: str) -> bool:
@@ -890,8 +909,34 @@ def _update_one(model: type[models.Model], db: str, instance: models.Model, attn
 _updates: dict[tuple[Any, ...], str] = {}
 
 
+# The announcements held back by announced_at_the_end(), in the order made.
+_held_back: ContextVar[list[tuple[Any, ...]] | None] = ContextVar("maintained_fields_held_back", default=None)
+
+
+@contextmanager
+def announced_at_the_end(hold: bool = True) -> Iterator[None]:
+    """With ``hold``, send ``maintained_values_written`` for the writes of the
+    block when it ends without an error, and not at all when it fails: the
+    block's writes are then rolled back and done again."""
+    if not hold:
+        yield
+        return
+    held: list[tuple[Any, ...]] = []
+    token = _held_back.set(held)
+    try:
+        yield
+    finally:
+        _held_back.reset(token)
+    for announcement in held:
+        _announce(*announcement)
+
+
 def _announce(model: type[models.Model], db: str, instances: list[models.Model], attnames: list[str]) -> None:
     if _dry_run.get() is not None:
+        return
+    held = _held_back.get()
+    if held is not None:
+        held.append((model, db, instances, attnames))
         return
     maintained_values_written.send(
         sender=model,

@@ -15,7 +15,9 @@ with DATABASE_URL naming the database to write to.  ROLE is
 - ``plain``: the same writes as ``immediate``, with the package disabled (the
   baseline the benchmark compares with);
 - ``vials``: moves of tests.chain's vials between batches, in turn with
-  save(), update() of a few and update() of every vial of one batch.
+  save(), update() of a few and update() of every vial of one batch;
+- ``racks``: moves of tests.chain's racks between sites and of tubes between
+  racks, in turn, with save().
 
 Each worker prints one line ``done WRITES SECONDS RETRIES`` when it ends.
 A worker exits non-zero when a write fails.
@@ -189,7 +191,25 @@ def work(role, seed, operations, start_at):
             source, target = rng.sample(batches, 2)
             Vial.objects.filter(batch_id=source).update(batch_id=target)
 
-    roles = {"bulk": one_bulk_write, "links": one_link, "renames": one_rename, "vials": one_vial_move}
+    def one_rack_or_tube_move():
+        from tests.chain.models import Rack, Site, Tube
+
+        if done % 2 == 0:
+            rack = Rack.objects.order_by("?").first()
+            rack.site = rng.choice(list(Site.objects.all()))
+            rack.save()
+        else:
+            tube = Tube.objects.order_by("?").first()
+            tube.rack = rng.choice(list(Rack.objects.all()))
+            tube.save()
+
+    roles = {
+        "bulk": one_bulk_write,
+        "links": one_link,
+        "renames": one_rename,
+        "vials": one_vial_move,
+        "racks": one_rack_or_tube_move,
+    }
     if role in roles:
         write = roles[role]
         while done < operations:

@@ -4,7 +4,7 @@ its samples.  From an outside tester's reports of deadlocks between single
 writes (tests/test_concurrency.py)."""
 
 from django.db import models
-from django.db.models import Count
+from django.db.models import Count, F
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
 
@@ -48,3 +48,21 @@ class Reagent(MaintainedModel):
     @maintained_field("kit_label", depends_on=["kit__label"])
     def compute_kit_label(self):
         return self.kit.label
+
+
+class Site(MaintainedModel):
+    """Sites count the tubes of their racks, and each tube copies its rack's
+    site's name: a rack moved to another site and a tube moved to another
+    rack each reach a site the other may be changing."""
+
+    name = models.CharField(max_length=100)
+    tube_count = maintained(models.IntegerField(default=0), Count("racks__tubes"))
+
+
+class Rack(MaintainedModel):
+    site = models.ForeignKey(Site, related_name="racks", on_delete=models.CASCADE)
+
+
+class Tube(MaintainedModel):
+    rack = models.ForeignKey(Rack, related_name="tubes", on_delete=models.CASCADE)
+    site_name = maintained(models.CharField(max_length=100, default=""), F("rack__site__name"))
