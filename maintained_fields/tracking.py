@@ -227,15 +227,22 @@ def left_to_insert(instance: models.Model, specs: list[Spec], using: str, kwargs
     return last
 
 
-def after_the_write(own_row: list[Spec], deferred: bool) -> list[Spec]:
+def after_the_write(own_row: list[Spec], deferred: bool, written: frozenset[str] | None = None) -> list[Spec]:
     """The own-row ``own_row`` (in dependency order) computed after the write,
     by a recompute of the row: those that read what the write sets (the
     key, auto_now fields), expressions in a deferred scope (the flush
-    computes them in batches), and those that read any of these."""
+    computes them in batches), those that read fields a write of only
+    ``written`` leaves as stored (the instance's values of those may never
+    have been saved), and those that read any of these."""
     later: list[Spec] = []
     fields: set[str] = set()
     for spec in own_row:
-        if spec.after_write or (deferred and spec.expression is not None) or spec.own_triggers & fields:
+        if (
+            spec.after_write
+            or (deferred and spec.expression is not None)
+            or spec.own_triggers & fields
+            or (written is not None and not spec.own_triggers <= written)
+        ):
             later.append(spec)
             fields.add(spec.field.attname)
     return later
@@ -277,7 +284,7 @@ def _save_and_record(
         _lock_reach_of_instance(instance, node, scope, written, using)
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
-    later = after_the_write(own_row, scope.mode in modes.RECORDING)
+    later = after_the_write(own_row, scope.mode in modes.RECORDING, written)
     now = [s for s in own_row if s not in later]
     in_insert = left_to_insert(instance, now, using, kwargs) if now else []
     before_insert = now[: len(now) - len(in_insert)]

@@ -178,3 +178,21 @@ def test_an_own_row_field_written_by_hand_in_update_fields_gets_its_maintained_v
     with override_autoupdate(mode=mode):
         row.save(update_fields=["code", *extra])
     assert type(row).objects.get(pk=row.pk).code == "BOLT"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how", ["save", "bulk_update"])
+def test_a_field_the_write_leaves_out_is_read_as_stored(how, mode):
+    """Found by an outside tester: save(update_fields=["value"]) computed
+    value * factor from a factor changed in memory only, which the write
+    did not store."""
+    reading = Reading.objects.create(value=None, factor=2.0)
+    reading.value, reading.factor = 3.0, 5.0
+    with override_autoupdate(mode=mode):
+        if how == "save":
+            reading.save(update_fields=["value"])
+        else:
+            Reading.objects.bulk_update([reading], ["value"])
+    stored = Reading.objects.get(pk=reading.pk)
+    assert (stored.value, stored.factor, stored.scaled, stored.formula) == (3.0, 2.0, 6.0, "3.0 x 2.0")
+    assert stale() == []

@@ -76,3 +76,8 @@ class Reading(MaintainedModel):
     state = maintained(
         models.CharField(max_length=3, default=""), Case(When(ok=True, then=Value("yes")), default=Value("no"))
     )
+    formula = models.CharField(max_length=60, default="")
+
+    @maintained_field("formula", depends_on=["value", "factor"])
+    def compute_formula(self):
+        return f"{self.value} x {self.factor}"
