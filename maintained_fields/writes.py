@@ -776,12 +776,13 @@ def _typed(field: models.Field[Any, Any], compiler: Any) -> tuple[str, list[Any]
     """The SQL of a parameter that holds a value of ``field``, typed as the
     column where the database would not know its type: on PostgreSQL every
     value (a NULL would be text), on MySQL and MariaDB dates and times (they
-    would come back as text).  SQLite takes values as they are."""
+    would come back as text).  SQLite takes values as they are, decimals as
+    their column stores them (see :class:`_RowValue`)."""
     vendor = compiler.connection.vendor
     dates = isinstance(field, (models.DateField, models.TimeField))
     if vendor == "postgresql" or (vendor == "mysql" and dates):
         return cast("tuple[str, list[Any]]", compiler.compile(Cast(_RowValue(field), output_field=field)))
-    return "%s", [_Slot(field)]
+    return cast("tuple[str, list[Any]]", compiler.compile(_RowValue(field)))
 
 
 def _filled(template: list[Any], instance: models.Model, connection: Any) -> list[Any]:
@@ -840,6 +841,10 @@ class _RowValue(models.Expression):
 
     # Its parameter is a _Slot, which _filled() replaces with the row's value.
     def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:  # type: ignore[override]
+        if connection.vendor == "sqlite" and self.column.get_internal_type() == "DecimalField":
+            # As the column stores it (10.00 as the integer 10), so that the
+            # expression computes alike on the value and on the column: 10 / 3 is 3.
+            return "CAST(%s AS NUMERIC)", [_Slot(self.column)]
         return "%s", [_Slot(self.column)]
 
 

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from maintained_fields import maintained_values_written, override_autoupdate
-from tests.ownrow.models import Basket, BasketItem, Bin, Event, Line, Reading, Slot, Ticket
+from tests.ownrow.models import THIRD, Basket, BasketItem, Bin, Event, Line, Reading, Share, Slot, Ticket
 
 pytestmark = pytest.mark.django_db
 
@@ -195,4 +195,22 @@ def test_a_field_the_write_leaves_out_is_read_as_stored(how, mode):
             Reading.objects.bulk_update([reading], ["value"])
     stored = Reading.objects.get(pk=reading.pk)
     assert (stored.value, stored.factor, stored.scaled, stored.formula) == (3.0, 2.0, 6.0, "3.0 x 2.0")
+    assert stale() == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_write_path_computes_a_decimal_as_the_database_does_on_the_stored_row(mode):
+    """Found by an outside tester: on SQLite, price / 3 was 3.33 when written
+    with the row (the price bound as text) and 3.00 when recomputed from the
+    column (10.00 stored as the integer 10)."""
+    with override_autoupdate(mode=mode):
+        Share.objects.create(price=Decimal("10.00"))
+        Share.objects.bulk_create([Share(price=Decimal("10.50")), Share(price=Decimal("7.00"))])
+        loaded = Share.objects.create(price=Decimal("1.00"))
+        loaded = Share.objects.get(pk=loaded.pk)
+        loaded.price = Decimal("20.00")
+        loaded.save()
+    computed = Share.objects.annotate(expected=THIRD).values_list("pk", "expected")
+    expected = {pk: value.quantize(Decimal("0.01")) for pk, value in computed}  # to the column's places
+    assert dict(Share.objects.values_list("pk", "third")) == expected
     assert stale() == []

@@ -4,7 +4,7 @@ From an outside tester's reports: each of these was stored wrong, or failed,
 on at least one database."""
 
 from django.db import models
-from django.db.models import Avg, Case, F, Value, When
+from django.db.models import Avg, Case, ExpressionWrapper, F, Value, When
 from django.db.models.functions import Cast, Concat
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
@@ -81,3 +81,14 @@ class Reading(MaintainedModel):
     @maintained_field("formula", depends_on=["value", "factor"])
     def compute_formula(self):
         return f"{self.value} x {self.factor}"
+
+
+THIRD = ExpressionWrapper(F("price") / 3, output_field=models.DecimalField(max_digits=10, decimal_places=2))
+
+
+class Share(MaintainedModel):
+    """A decimal divided: SQLite stores 10.00 as the integer 10, and divides
+    it as one, where the value bound as a parameter would divide as text."""
+
+    price = models.DecimalField(max_digits=8, decimal_places=2)
+    third = maintained(models.DecimalField(max_digits=10, decimal_places=2, null=True), THIRD)
