@@ -74,7 +74,8 @@ def normalize(spec: Spec, value: Any) -> Any:
         raise ValueError(
             f"{spec.source} returned {value!r}, which {spec} "
             f"({type(field).__name__}) cannot store: it has {len(value)} characters, more than "
-            f"max_length={field.max_length}. Shorten the value in the method or widen the field."
+            f"max_length={field.max_length}. Shorten the value in the "
+            f"{'method' if spec.expression is None else 'expression (Left(...) cuts it)'} or widen the field."
         )
     if isinstance(field, models.DateTimeField) and settings.USE_TZ and timezone.is_naive(value):
         value = timezone.make_aware(value, timezone.get_default_timezone())
