@@ -251,9 +251,10 @@ class Graph:
     layers: tuple[int, ...] = ()
     # The models whose rows a flush locks as it reads their links (see _walk_locks).
     walk_locks: frozenset[type[models.Model]] = frozenset()
-    # Whether a maintained field reads rows through foreign keys from its own
-    # row (``study__lab__name``): a recompute locks those as it finds them.
-    reads_forward: bool = False
+    # The specs whose recompute may lead to one of a field that reads rows
+    # through foreign keys from its own row (``study__lab__name``): such a
+    # recompute locks those rows as it finds them.
+    reads_forward: frozenset[Spec] = frozenset()
     # Per model, the foreign keys onto it that a path follows and whose
     # on_delete moves the children to another row (SET, SET_DEFAULT, custom).
     moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey[Any, Any], ...]] = field(default_factory=dict)
@@ -809,7 +810,7 @@ def _index(graph: Graph) -> None:
     graph.order = tuple(graph.order[i] for i in walk)
     graph.specs = tuple(spec for _, group in graph.order for spec in group)
     graph.walk_locks = _walk_locks(graph)
-    graph.reads_forward = any(spec.forward_hops for spec in graph.specs)
+    graph.reads_forward = _leading_to_forward_reads(graph)
     _mark_locks_first(graph)
     moved: dict[type[models.Model], list[models.ForeignKey[Any, Any]]] = defaultdict(list)
     for model, node in nodes.items():
@@ -854,6 +855,25 @@ def _mark_locks_first(graph: Graph) -> None:
         )
         # Its old value is read, to tell whether a write changes it.
         node.tracked |= node.locks_first
+
+
+def _leading_to_forward_reads(graph: Graph) -> frozenset[Spec]:
+    """The specs that read rows through foreign keys from their own row, and
+    those whose value such a spec reads, at any remove."""
+    found: dict[Spec, bool] = {}
+
+    def leads(spec: Spec) -> bool:
+        if spec not in found:
+            found[spec] = False  # a cycle back here adds nothing new
+            node = graph.nodes.get(spec.model)
+            found[spec] = bool(spec.forward_hops) or any(
+                leads(dep.spec)
+                for dep, hop in (node.edges if node else ())
+                if hop.triggers is None or spec.field.attname in hop.triggers
+            )
+        return found[spec]
+
+    return frozenset(spec for spec in graph.specs if leads(spec))
 
 
 def _walk_locks(graph: Graph) -> frozenset[type[models.Model]]:

@@ -67,17 +67,17 @@ def process(
     graph = get_graph()
     started = time.perf_counter()
     connection = connections[db]
-    # In the user's transaction on PostgreSQL, the rows a recompute finds
-    # late (what a row reads through foreign keys, a row linked meanwhile)
-    # are taken without waiting, under a savepoint: a row another writer
-    # holds makes the work give back its locks and begin again with that row
-    # locked up front, in order.  The package's own flush needs none of this:
-    # it fails at once and is retried whole.
+    # In the user's transaction on PostgreSQL, where the work may lead to a
+    # field that reads rows through foreign keys, the rows a recompute finds
+    # late (those rows, a row linked meanwhile) are taken without waiting,
+    # under a savepoint: a row another writer holds makes the work give back
+    # its locks and begin again with that row locked up front, in order.  The
+    # package's own flush needs none of this: it fails at once and is retried whole.
     gives_back = (
         not own_transaction
         and connection.vendor == "postgresql"
-        and graph.reads_forward
         and get_config()["LOCK_ROWS"]
+        and any(dep.spec in graph.reads_forward for dep, _ in records)
     )
     attempts = 10 if gives_back else 1
     up_front: dict[type[models.Model], set[Any]] = {}
