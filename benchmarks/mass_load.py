@@ -4,6 +4,7 @@ method fields and with expression fields, and django-computedfields (the peer).
 
     python benchmarks/mass_load.py [--rows 10000] [--runs 5] [--database-url URL]
     python benchmarks/mass_load.py --scaling [--database-url URL]
+    python benchmarks/mass_load.py --database-url postgres://... --server-side-binding
 
 A loader saves labs > studies > samples one by one in one transaction (the
 example project's schema, example/lab/loading.py), in four copies of the
@@ -249,6 +250,8 @@ def main():
     parser.add_argument("--database-url", default="", help="a PostgreSQL or MariaDB database (default: SQLite)")
     parser.add_argument("--variants", nargs="*", help="only variants containing these words (and the floor)")
     parser.add_argument("--scaling", action="store_true", help="time per row of deferred loads at three sizes")
+    parser.add_argument("--server-side-binding", action="store_true",
+                        help="PostgreSQL: OPTIONS server_side_binding, so psycopg prepares repeated statements")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--per-study", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--create", action="store_true", help=argparse.SUPPRESS)
@@ -264,6 +267,8 @@ def main():
         return call_command("migrate", run_syncdb=True, verbosity=0)
     with tempfile.TemporaryDirectory() as directory:
         database = database_settings(args.database_url, directory)
+        if args.server_side_binding:
+            database.setdefault("OPTIONS", {})["server_side_binding"] = True
         create_tables(database)
         (scaling if args.scaling else compare)(args, database)
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import F, Field, Model, Q, Window
+from django.db.models.functions import Now, Random
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -151,21 +152,32 @@ def maintained(field: Field, expression: Any, *, label: str | None = None) -> Fi
             "maintained() cannot keep a many-to-many field: it is a table of links, not a column. "
             "Keep a column derived from it instead, e.g. maintained(models.IntegerField(default=0), Count('tags'))."
         )
-    if _has_window(expression):
+    if _contains(expression, Window):
         raise TypeError(
             f"maintained() cannot keep a window function ({expression!r}): its value depends on the other "
             "rows of a query, and a maintained value is computed for one row. Use an aggregate over a "
             "relation, e.g. Count('samples'), or compute it when you read the rows."
         )
+    if _contains(expression, (Now, Random)):
+        raise TypeError(
+            f"maintained() cannot keep {expression!r}: it reads the clock or chance, which change with no "
+            "write for the package to follow, so the stored value would be stale at once and every check "
+            "would report it. Use auto_now=True or a default for the time of a write, or compute it when "
+            "you read the rows."
+        )
     setattr(field, EXPRESSION, Declaration("", (), label, expression))
     return field
 
 
-def _has_window(expression: Any) -> bool:
-    if isinstance(expression, Window):
+def _contains(expression: Any, kinds: type | tuple[type, ...]) -> bool:
+    """Whether ``expression`` is, or holds anywhere, an expression of ``kinds``."""
+    if isinstance(expression, kinds):
         return True
-    sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
-    return any(_has_window(source) for source in sources if source is not None)
+    if isinstance(expression, Q):  # children: conditions (lookup, value) and other Qs
+        sources = [child[1] if isinstance(child, tuple) else child for child in expression.children]
+    else:
+        sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
+    return any(_contains(source, kinds) for source in sources if source is not None)
 
 
 def expressions_of(model: type[Model]) -> dict[str, Declaration]:

@@ -127,10 +127,10 @@ class _LateRows(Exception):
         self,
         rows: dict[type[models.Model], set[Any]],
         model: type[models.Model] | None = None,
-        pks: list[Any] = (),  # type: ignore[assignment]
-        specs: set[Spec] = frozenset(),  # type: ignore[assignment]
+        pks: list[Any] | None = None,
+        specs: set[Spec] | None = None,
     ) -> None:
-        self.rows, self.model, self.pks, self.specs = rows, model, pks, specs
+        self.rows, self.model, self.pks, self.specs = rows, model, pks or [], specs or set()
 
 
 def _recompute_all(

@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 from django.core import checks
 from django.db import DataError, IntegrityError, connection, models, transaction
-from django.db.models import Count, F, Sum, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, F, Q, Sum, Window
+from django.db.models.functions import Now, Random, RowNumber
 from django.test.utils import CaptureQueriesContext, isolate_apps
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -219,6 +219,10 @@ def test_an_aggregate_of_the_row_s_own_fields_is_a_check_error():
         # ... and create() failed with "misuse of window function"; bulk_create() stored 1, 2, ...
         ((models.IntegerField(), Window(RowNumber())), "cannot keep a window function"),
         ((models.IntegerField(), F("n") + Window(RowNumber())), "cannot keep a window function"),
+        # ... and check_maintained_fields reported every row as drift, at once.
+        ((models.DateTimeField(null=True), Now()), "reads the clock or chance"),
+        ((models.BooleanField(default=False), Q(due__lt=Now())), "reads the clock or chance"),
+        ((models.FloatField(default=0), F("n") * Random()), "reads the clock or chance"),
     ],
 )
 def test_bad_arguments_say_what_to_write(arguments, message):
