@@ -22,7 +22,7 @@ from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models import ForeignObjectRel
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Coalesce
 
 from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, references
 
@@ -587,6 +587,18 @@ def _spec(
                 )
             )
             return None
+        if not target.null and _may_be_null(declaration.expression):
+            errors.append(
+                _error(
+                    12,
+                    f"{where} is NULL for a row with no related rows ({declaration.expression!r}), "
+                    f"and {meta.label}.{target.name} is NOT NULL: writing such a row would fail.",
+                    model,
+                    "Give the empty case a value, e.g. Coalesce(Max('samples__name'), Value('')) or "
+                    "Coalesce(Sum('samples__weight'), 0.0), or make the field null=True.",
+                )
+            )
+            return None
     spec = Spec(
         model, target, method_name, declaration.label, declaration.depends_on, expression=declaration.expression
     )
@@ -629,6 +641,19 @@ def _aggregates_of_the_row(model: type[models.Model], expression: Any) -> list[s
 
     rewrite(expression, visit)
     return found
+
+
+def _may_be_null(expression: Any) -> bool:
+    """Whether ``expression`` is NULL over no rows: an aggregate other than
+    a count, not given a value for that case (``Coalesce``, ``default=``)."""
+    if isinstance(expression, models.Aggregate):
+        return not isinstance(expression, models.Count) and getattr(expression, "default", None) is None
+    if isinstance(expression, Coalesce):
+        return all(_may_be_null(source) for source in expression.get_source_expressions())
+    if isinstance(expression, (models.Case, models.When)):
+        return False  # its conditions choose; left to the database
+    sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
+    return any(_may_be_null(source) for source in sources if source is not None)
 
 
 def _is_relation(model: type[models.Model], name: str) -> bool:

@@ -209,6 +209,40 @@ def test_an_aggregate_of_the_row_s_own_fields_is_a_check_error():
     assert "Sum(F(weight))" in errors[0].msg and "Sum('samples__weight')" in errors[0].hint
 
 
+@isolate_apps("tests.expressions")
+def test_an_aggregate_that_is_null_over_no_rows_into_a_not_null_field_is_a_check_error():
+    # From an outside tester: Max("kids__name") into a NOT NULL field made
+    # every write of a row with no kids fail with the database's IntegrityError.
+    from django.db.models import Max, Value
+    from django.db.models.functions import Coalesce
+
+    class Crate(MaintainedModel):
+        top = maintained(models.CharField(max_length=10, default=""), Max("jars__name"))
+        plus = maintained(models.IntegerField(default=0), Sum("jars__size") + 1)
+        kept = maintained(models.CharField(max_length=10, default=""), Coalesce(Max("jars__name"), Value("")))
+        given = maintained(models.IntegerField(default=0), Sum("jars__size", default=0))
+        counted = maintained(models.IntegerField(default=0), Count("jars"))
+        open_top = maintained(models.CharField(max_length=10, null=True), Max("jars__name"))
+
+        class Meta:
+            app_label = "expressions"
+
+    class Jar(MaintainedModel):
+        crate = models.ForeignKey(Crate, related_name="jars", on_delete=models.CASCADE)
+        name = models.CharField(max_length=10)
+        size = models.IntegerField(default=0)
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Crate, Jar]).errors
+    assert [(error.id, error.msg.split(" is NULL ")[0]) for error in errors] == [
+        ("maintained_fields.E012", "expressions.Crate.top's maintained() expression"),
+        ("maintained_fields.E012", "expressions.Crate.plus's maintained() expression"),
+    ]
+    assert "Coalesce(Max('samples__name'), Value(''))" in errors[0].hint
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
