@@ -150,7 +150,17 @@ class Spec:
             return rows.values_list("_maintained_value", flat=True).first()
         # A migration's historical instance has no methods: lend it the model's.
         method = getattr(type(instance), self.method_name, None) or getattr(self.model, self.method_name)
-        return method(instance)
+        try:
+            return method(instance)
+        except ValueError as error:
+            if instance.pk is not None or "primary key value" not in str(error):
+                raise
+            # Django's "needs to have a primary key value before this relationship can be used"
+            raise ValueError(
+                f"{self.source} read a relation of a row that has no key yet ({str(error).rstrip('.')}). A method is "
+                "computed before the INSERT when its depends_on names only the row's own fields; name "
+                "the relation it reads (depends_on=['kids']) and it is computed after the write."
+            ) from error
 
     def __str__(self) -> str:
         return f"{self.model._meta.label}.{self.field.name}"

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import transaction
 from django.utils import timezone
 
 from maintained_fields import maintained_values_written, override_autoupdate
@@ -214,3 +215,14 @@ def test_every_write_path_computes_a_decimal_as_the_database_does_on_the_stored_
     expected = {pk: value.quantize(Decimal("0.01")) for pk, value in computed}  # to the column's places
     assert dict(Share.objects.values_list("pk", "third")) == expected
     assert stale() == []
+
+
+def test_a_method_that_reads_a_relation_before_the_row_has_a_key_says_what_to_declare():
+    # From an outside tester: create() failed with Django's bare "needs to
+    # have a primary key value before this relationship can be used".
+    from tests.ownrow.models import Pen
+
+    with pytest.raises(ValueError, match=r"Pen\.compute_nib_count\(\) read a relation .*depends_on=\['kids'\]"):
+        with transaction.atomic():
+            Pen.objects.create()
+    assert not Pen.objects.exists()

@@ -92,3 +92,18 @@ class Share(MaintainedModel):
 
     price = models.DecimalField(max_digits=8, decimal_places=2)
     third = maintained(models.DecimalField(max_digits=10, decimal_places=2, null=True), THIRD)
+
+
+class Pen(MaintainedModel):
+    """A method that reads a relation, declared as reading nothing but the
+    row: computed before the INSERT, when the row has no key."""
+
+    nib_count = models.IntegerField(default=0)
+
+    @maintained_field("nib_count", depends_on=[])
+    def compute_nib_count(self):
+        return self.nibs.count()
+
+
+class Nib(models.Model):
+    pen = models.ForeignKey(Pen, related_name="nibs", on_delete=models.CASCADE)
