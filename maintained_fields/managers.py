@@ -7,10 +7,10 @@ depend on, to get the same for its bulk writes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import nullcontext
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.db import models, transaction
 from django.db.models import Q
@@ -24,15 +24,19 @@ from .tracking import (
     changed_attnames,
     compute_own_rows,
     delete_queryset,
+    delete_retried,
     hold_in_delete,
     lock_before_write,
     lock_reach_first,
     own_row_specs,
     reaches_first,
+    retried,
     tracked_before,
 )
 from .writes import chunks, locking
 from .writes import lock as _lock
+
+T = TypeVar("T")
 
 
 class MaintainedQuerySet(models.QuerySet[Any]):
@@ -51,7 +55,9 @@ class MaintainedQuerySet(models.QuerySet[Any]):
         return scope, get_graph().node(self.model)
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        return delete_queryset(self, super().delete)
+        delete = super().delete
+        return delete_retried(self.db, f"A delete() of {self.model._meta.label} rows",
+                              lambda: delete_queryset(self, delete))
 
     # Django's flags on QuerySet methods, which the stubs do not declare on functions
     delete.alters_data = True  # type: ignore[attr-defined]
@@ -62,7 +68,8 @@ class MaintainedQuerySet(models.QuerySet[Any]):
         if node is None or not kwargs:
             return super().update(**kwargs)
         written = frozenset(self.model._meta.get_field(name).attname for name in kwargs)
-        with _atomic(scope, self.db, moving=bool(node.up_links & written)):
+
+        def write() -> int:
             reading: models.QuerySet[Any] = self
             if self.query.select_for_update and not transaction.get_connection(self.db).in_atomic_block:
                 # Plain Django ignores the lock in an update() outside a transaction; so does the read.
@@ -72,7 +79,14 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             new = _plain(node, kwargs)
             if reaches_first(node, scope, written, self.db):
                 rows = [(SimpleNamespace(**{**old, **new}), old) for old in reading.values(*columns)]
-                lock_reach_first(node, scope, rows, written, self.db, changed=written)
+                found: models.QuerySet[Any] = models.QuerySet(self.model, using=self.db).filter(
+                    pk__in=[old["pk"] for _, old in rows]
+                )
+
+                def reread() -> list[tuple[Any, dict[str, Any]]]:
+                    return [(SimpleNamespace(**{**old, **new}), old) for old in found.values(*columns)]
+
+                lock_reach_first(node, scope, rows, written, self.db, changed=written, reread=reread)
             if locking(self.db) and not reading.query.select_for_update:
                 # The rows first, in key order (the UPDATE would lock them in
                 # scan order), with the values they hold under the lock.
@@ -91,7 +105,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                     for batch in chunks(list(before), size)
                 )
             else:
-                count = super().update(**kwargs)
+                count = super(MaintainedQuerySet, self).update(**kwargs)
             # The keys written as values are known; the ones written as
             # expressions are read back (by primary key, which they leave alone).
             after: dict[Any, dict[str, Any]] = {}
@@ -115,7 +129,10 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 merge(records, recompute_records(mine, rekeyed))
             if not hold_in_delete(scope, self.db, records):
                 dispatch(scope, self.db, records)
-        return count
+            return count
+
+        return _in_transaction(scope, self.db, f"An update() of {self.model._meta.label}", write,
+                               moving=bool(node.up_links & written))
 
     update.alters_data = True  # type: ignore[attr-defined]
 
@@ -243,7 +260,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             compute_own_rows(objs, own_row, self.db)
         fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
         written |= {spec.field.attname for spec in own_row}
-        with _atomic(scope, self.db, moving=bool(node.up_links & written)):
+        def write() -> int:
             columns = tracked_before(node, written)
             if reaches_first(node, scope, written, self.db):
                 unlocked = _rows(self.model, self.db, [obj.pk for obj in objs], columns)
@@ -264,13 +281,28 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 merge(records, records_for(node, obj, labels=scope.labels, changed=changed, old=old))
             merge(records, recompute_records(_overwritten(node, scope, written), before))
             dispatch(scope, self.db, records)
-        return count
+            return count
+
+        return _in_transaction(scope, self.db, f"A bulk_update() of {self.model._meta.label}", write,
+                               moving=bool(node.up_links & written))
 
     bulk_update.alters_data = True  # type: ignore[attr-defined]
 
 
 class MaintainedManager(models.Manager.from_queryset(MaintainedQuerySet)):  # type: ignore[misc]
     """The manager of :class:`MaintainedQuerySet`."""
+
+
+def _in_transaction(scope: modes.Scope, db: str, what: str, write: Callable[[], T], moving: bool = False) -> T:
+    """``write()`` in the transaction :func:`_atomic` gives it; where that
+    is the package's own (outside any of the user's), a deadlock, which
+    rolls it back, is retried (:func:`propagation.retrying`), with the
+    values written announced once, by the attempt that succeeds."""
+    if not (scope.mode == modes.IMMEDIATE or moving) or transaction.get_connection(db).in_atomic_block:
+        with _atomic(scope, db, moving):
+            return write()
+
+    return retried(db, what, write)
 
 
 def _atomic(scope: modes.Scope, db: str, moving: bool = False) -> Any:

@@ -35,8 +35,13 @@ class MaintainedModelMixin:
         using = kwargs.get("using") or (args[0] if args else None) or router.db_for_write(
             type(self), instance=self  # type: ignore[arg-type]  # mixed into a Model
         )
-        with tracking.deleting(using):
-            return super().delete(*args, **kwargs)  # type: ignore[misc,no-any-return]  # mixed into a Model
+        delete = super().delete  # type: ignore[misc]  # mixed into a Model
+
+        def write() -> tuple[int, dict[str, int]]:
+            with tracking.deleting(using):
+                return delete(*args, **kwargs)  # type: ignore[no-any-return]
+
+        return tracking.delete_retried(using, f"A delete() of {self._meta.label}", write)  # type: ignore[attr-defined]
 
     delete.alters_data = True  # type: ignore[attr-defined]
 

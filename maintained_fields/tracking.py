@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from django.db import connections, models, router, transaction
 from django.db.models import signals
@@ -44,6 +44,8 @@ from .writes import (
     row_expression,
 )
 from .writes import lock as lock_rows_of
+
+T = TypeVar("T")
 
 _OLD = "_maintained_fields_old"
 _RESOLVED = "_maintained_fields_resolved"
@@ -90,17 +92,22 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
         else:
             # The transaction is the package's own: a deadlock, which rolls it
             # back, is retried with the instance as it was.
-            retrying(using, f"A save() of {instance._meta.label}", partial(_atomically, using, write),
-                     undo=_snapshot(instance, kwargs))
+            retried(using, f"A save() of {instance._meta.label}", write, undo=_snapshot(instance, kwargs))
     else:
         _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
 
 
-def _atomically(using: str, write: Callable[[], None]) -> None:
-    """``write()`` in a transaction; the values it writes announced at its end,
-    not at all if it fails (it is then done again)."""
-    with transaction.atomic(using=using), announced_at_the_end():
-        write()
+def retried(using: str, what: str, write: Callable[[], T], undo: Callable[[], object] | None = None) -> T:
+    """``write()`` in a transaction of the package's own on ``using``, begun
+    outside any of the user's: a deadlock or serialization failure, which
+    rolls it back, is retried after ``undo()`` (:func:`propagation.retrying`),
+    and the values written are announced once, by the attempt that succeeds."""
+
+    def attempt() -> T:
+        with transaction.atomic(using=using), announced_at_the_end():
+            return write()
+
+    return retrying(using, what, attempt, undo)
 
 
 def _snapshot(instance: models.Model, kwargs: dict[str, Any]) -> Callable[[], None]:
@@ -691,6 +698,16 @@ def _pre_delete(
 _held_in_delete: ContextVar[list[tuple[modes.Scope, str, Records]] | None] = ContextVar(
     "maintained_fields_held_in_delete", default=None
 )
+
+
+def delete_retried(db: str, what: str, delete: Callable[[], T]) -> T:
+    """``delete()``, a delete whose immediate work runs in the transaction the
+    delete opens: outside any transaction of the user's, in one of the
+    package's own, retried after a deadlock (:func:`retried`); Django sends
+    ``pre_delete`` and ``post_delete`` again for the retry."""
+    if modes.current_scope().mode != modes.IMMEDIATE or connections[db].in_atomic_block:
+        return delete()
+    return retried(db, what, delete)
 
 
 @contextmanager

@@ -16,8 +16,9 @@ with DATABASE_URL naming the database to write to.  ROLE is
   baseline the benchmark compares with);
 - ``vials``: moves of tests.chain's vials between batches, in turn with
   save(), update() of a few and update() of every vial of one batch;
-- ``racks``: moves of tests.chain's racks between sites and of tubes between
-  racks, in turn, with save().
+- ``racks``: moves of tests.chain's racks between sites (save(), update())
+  and of tubes between racks (save()), and a tube deleted and another
+  created, in turn.
 
 Each worker prints one line ``done WRITES SECONDS RETRIES`` when it ends.
 A worker exits non-zero when a write fails.
@@ -194,14 +195,21 @@ def work(role, seed, operations, start_at):
     def one_rack_or_tube_move():
         from tests.chain.models import Rack, Site, Tube
 
-        if done % 2 == 0:
+        step = done % 4
+        if step == 0:
             rack = Rack.objects.order_by("?").first()
             rack.site = rng.choice(list(Site.objects.all()))
             rack.save()
-        else:
+        elif step == 1:
             tube = Tube.objects.order_by("?").first()
             tube.rack = rng.choice(list(Rack.objects.all()))
             tube.save()
+        elif step == 2:
+            rack = Rack.objects.order_by("?").first()
+            Rack.objects.filter(pk=rack.pk).update(site=rng.choice(list(Site.objects.all())))
+        else:
+            Tube.objects.order_by("?").first().delete()
+            Tube.objects.create(rack=rng.choice(list(Rack.objects.all())))
 
     roles = {
         "bulk": one_bulk_write,

@@ -126,14 +126,17 @@ def test_short_transactions_with_a_scope_inside(mode):
 
 
 @contextmanager
-def a_deadlock_partner():
+def a_deadlock_partner(samples=0):
     """A transaction in another thread that locks the lab, waits half a second
     and asks for the study: whoever holds the study and waits for the lab by
     then is in a deadlock with it.  On PostgreSQL the partner checks for
     deadlocks only after 10 s, so the other side is the victim.  Yields the
-    study; the partner's own errors are in ``partner_errors``."""
+    study, with ``samples`` samples made before; the partner's own errors
+    are in ``partner_errors``."""
     lab = Lab.objects.create(name="shared")
     study = Study.objects.create(name="a", lab=lab)
+    for n in range(samples):
+        Sample.objects.create(study=study, name=f"s{n}", weight=1)
     holding = threading.Event()
 
     def partner():
@@ -190,6 +193,26 @@ def test_an_immediate_save_outside_any_transaction_is_retried_after_a_deadlock(c
     sample.name = "y"
     sample.save()  # an update of that row, not a second insert
     assert list(Sample.objects.values_list("pk", "code")) == [(sample.pk, "Y")]
+    assert_no_drift()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL lets the test choose the deadlock's victim")
+@pytest.mark.parametrize("how", ["instance delete()", "QuerySet.delete()", "update()", "bulk_update()"])
+def test_an_immediate_bulk_write_or_delete_outside_any_transaction_is_retried_after_a_deadlock(how, caplog):
+    with a_deadlock_partner(samples=2) as study, caplog.at_level("WARNING", logger="maintained_fields"):
+        first, second = Sample.objects.order_by("pk")
+        if how == "instance delete()":
+            first.delete()
+        elif how == "QuerySet.delete()":
+            Sample.objects.filter(pk=first.pk).delete()
+        elif how == "update()":
+            Sample.objects.filter(pk=first.pk).update(weight=5)
+        else:
+            first.weight = 5
+            Sample.objects.bulk_update([first], ["weight"])
+    retries = [record.getMessage() for record in caplog.records if "retry" in record.getMessage()]
+    assert len(retries) == 1 and "failed with deadlock detected; retry 1 of 4" in retries[0], retries
+    assert partner_errors == []
     assert_no_drift()
 
 
