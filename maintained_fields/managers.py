@@ -296,12 +296,10 @@ class MaintainedManager(models.Manager.from_queryset(MaintainedQuerySet)):  # ty
 def _in_transaction(scope: modes.Scope, db: str, what: str, write: Callable[[], T], moving: bool = False) -> T:
     """``write()`` in the transaction :func:`_atomic` gives it; where that
     is the package's own (outside any of the user's), a deadlock, which
-    rolls it back, is retried (:func:`propagation.retrying`), with the
-    values written announced once, by the attempt that succeeds."""
+    rolls it back, is retried (:func:`tracking.retried`)."""
     if not (scope.mode == modes.IMMEDIATE or moving) or transaction.get_connection(db).in_atomic_block:
         with _atomic(scope, db, moving):
             return write()
-
     return retried(db, what, write)
 
 
