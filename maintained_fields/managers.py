@@ -7,10 +7,10 @@ depend on, to get the same for its bulk writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from contextlib import nullcontext
 from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from django.db import models, transaction
 from django.db.models import Q
@@ -26,17 +26,15 @@ from .tracking import (
     delete_queryset,
     delete_retried,
     hold_in_delete,
+    in_transaction,
     lock_before_write,
     lock_reach_first,
     own_row_specs,
     reaches_first,
-    retried,
     tracked_before,
 )
 from .writes import chunks, locking
 from .writes import lock as _lock
-
-T = TypeVar("T")
 
 
 class MaintainedQuerySet(models.QuerySet[Any]):
@@ -131,8 +129,8 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 dispatch(scope, self.db, records)
             return count
 
-        return _in_transaction(scope, self.db, f"An update() of {self.model._meta.label}", write,
-                               moving=bool(node.up_links & written))
+        return in_transaction(self.db, f"An update() of {self.model._meta.label}", write,
+                              needed=scope.mode == modes.IMMEDIATE or bool(node.up_links & written))
 
     update.alters_data = True  # type: ignore[attr-defined]
 
@@ -283,24 +281,14 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             dispatch(scope, self.db, records)
             return count
 
-        return _in_transaction(scope, self.db, f"A bulk_update() of {self.model._meta.label}", write,
-                               moving=bool(node.up_links & written))
+        return in_transaction(self.db, f"A bulk_update() of {self.model._meta.label}", write,
+                              needed=scope.mode == modes.IMMEDIATE or bool(node.up_links & written))
 
     bulk_update.alters_data = True  # type: ignore[attr-defined]
 
 
 class MaintainedManager(models.Manager.from_queryset(MaintainedQuerySet)):  # type: ignore[misc]
     """The manager of :class:`MaintainedQuerySet`."""
-
-
-def _in_transaction(scope: modes.Scope, db: str, what: str, write: Callable[[], T], moving: bool = False) -> T:
-    """``write()`` in the transaction :func:`_atomic` gives it; where that
-    is the package's own (outside any of the user's), a deadlock, which
-    rolls it back, is retried (:func:`tracking.retried`)."""
-    if not (scope.mode == modes.IMMEDIATE or moving) or transaction.get_connection(db).in_atomic_block:
-        with _atomic(scope, db, moving):
-            return write()
-    return retried(db, what, write)
 
 
 def _atomic(scope: modes.Scope, db: str, moving: bool = False) -> Any:

@@ -84,30 +84,31 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     if scope.mode == modes.BACKGROUND and scope.buffer is None:
         with with_its_task(using), (transaction.atomic(using=using, savepoint=False) if read_first else nullcontext()):
             _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
-    elif scope.mode == modes.IMMEDIATE or read_first:
-        write = partial(_save_and_record, instance, save, kwargs, node, scope, using, written, own_row)
-        if connections[using].in_atomic_block:
-            with transaction.atomic(using=using, savepoint=False):
-                write()
-        else:
-            # The transaction is the package's own: a deadlock, which rolls it
-            # back, is retried with the instance as it was.
-            retried(using, f"A save() of {instance._meta.label}", write, undo=_snapshot(instance, kwargs))
     else:
-        _save_and_record(instance, save, kwargs, node, scope, using, written, own_row)
+        write = partial(_save_and_record, instance, save, kwargs, node, scope, using, written, own_row)
+        what, needed = f"A save() of {instance._meta.label}", scope.mode == modes.IMMEDIATE or read_first
+        in_transaction(using, what, write, needed, partial(_snapshot, instance, kwargs))
 
 
-def retried(using: str, what: str, write: Callable[[], T], undo: Callable[[], object] | None = None) -> T:
-    """``write()`` in a transaction of the package's own on ``using``, begun
-    outside any of the user's: a deadlock or serialization failure, which
-    rolls it back, is retried after ``undo()`` (:func:`propagation.retrying`),
-    and the values written are announced once, by the attempt that succeeds."""
+def in_transaction(using: str, what: str, write: Callable[[], T], needed: bool = True,
+                   snapshot: Callable[[], Callable[[], object]] | None = None) -> T:
+    """``write()``, in a transaction where ``needed``: the user's, if one is
+    open on ``using``; else one of the package's own, which a deadlock or
+    serialization failure rolls back and :func:`propagation.retrying` retries,
+    after calling the undo that ``snapshot()`` returned before the first
+    attempt. The values written are announced once, by the attempt that
+    succeeds."""
+    if not needed:
+        return write()
+    if connections[using].in_atomic_block:
+        with transaction.atomic(using=using, savepoint=False):
+            return write()
 
     def attempt() -> T:
         with transaction.atomic(using=using), announced_at_the_end():
             return write()
 
-    return retrying(using, what, attempt, undo)
+    return retrying(using, what, attempt, snapshot() if snapshot is not None else None)
 
 
 def _snapshot(instance: models.Model, kwargs: dict[str, Any]) -> Callable[[], None]:
@@ -703,11 +704,9 @@ _held_in_delete: ContextVar[list[tuple[modes.Scope, str, Records]] | None] = Con
 def delete_retried(db: str, what: str, delete: Callable[[], T]) -> T:
     """``delete()``, a delete whose immediate work runs in the transaction the
     delete opens: outside any transaction of the user's, in one of the
-    package's own, retried after a deadlock (:func:`retried`); Django sends
-    ``pre_delete`` and ``post_delete`` again for the retry."""
-    if modes.current_scope().mode != modes.IMMEDIATE or connections[db].in_atomic_block:
-        return delete()
-    return retried(db, what, delete)
+    package's own, retried after a deadlock (:func:`in_transaction`); Django
+    sends ``pre_delete`` and ``post_delete`` again for the retry."""
+    return in_transaction(db, what, delete, needed=modes.current_scope().mode == modes.IMMEDIATE)
 
 
 @contextmanager
