@@ -845,8 +845,9 @@ def _index(graph: Graph) -> None:
     graph.order = tuple(graph.order[i] for i in walk)
     graph.specs = tuple(spec for _, group in graph.order for spec in group)
     graph.walk_locks = _walk_locks(graph)
-    graph.reads_forward = _leading_to_forward_reads(graph)
-    _mark_locks_first(graph)
+    reach = _downstream(graph)
+    graph.reads_forward = _leading_to_forward_reads(graph, reach)
+    _mark_locks_first(graph, reach)
     moved: dict[type[models.Model], list[models.ForeignKey[Any, Any]]] = defaultdict(list)
     for model, node in nodes.items():
         for foreign_key in model._meta.concrete_fields:
@@ -857,27 +858,37 @@ def _index(graph: Graph) -> None:
     graph.moved_on_delete = {model: tuple(found) for model, found in moved.items()}
 
 
-def _mark_locks_first(graph: Graph) -> None:
-    """Set each node's ``locks_first``: the tracked attnames, and those its
-    own-row fields read, whose change reaches, from field to maintained
-    field, a row of a model placed no later than the node's own in
-    ``graph.model_order``, other than the row itself (a lab's name copied by
-    its samples; a sample's weight summed by its study and copied back by
-    the study's other samples)."""
-    reached: dict[tuple[type[models.Model], str], set[type[models.Model]]] = {}
+# What a change of (model, attname) reaches: see _downstream.
+_Reach = Callable[[type[models.Model], str], set[tuple[Spec, bool]]]
 
-    def reach(model: type[models.Model], attname: str) -> set[type[models.Model]]:
+
+def _downstream(graph: Graph) -> _Reach:
+    """What a change of a model's attname reaches, from field to maintained
+    field, at any remove: each maintained field's spec, and whether one hop
+    reaching it goes from the row to other rows (an index)."""
+    reached: dict[tuple[type[models.Model], str], set[tuple[Spec, bool]]] = {}
+
+    def reach(model: type[models.Model], attname: str) -> set[tuple[Spec, bool]]:
         key = (model, attname)
         if key not in reached:
             reached[key] = found = set()  # a cycle back here adds nothing new
             node = graph.nodes.get(model)
             for dep, hop in node.edges if node else ():
                 if hop.triggers is None or attname in hop.triggers:
-                    if hop.index:
-                        found.add(dep.spec.model)
+                    found.add((dep.spec, bool(hop.index)))
                     found |= reach(dep.spec.model, dep.spec.field.attname)
         return reached[key]
 
+    return reach
+
+
+def _mark_locks_first(graph: Graph, reach: _Reach) -> None:
+    """Set each node's ``locks_first``: the tracked attnames, and those its
+    own-row fields read, whose change reaches, from field to maintained
+    field, a row of a model placed no later than the node's own in
+    ``graph.model_order``, other than the row itself (a lab's name copied by
+    its samples; a sample's weight summed by its study and copied back by
+    the study's other samples)."""
     for model, node in graph.nodes.items():
         place = graph.model_order[model]
         # What the row's own maintained fields read counts too: a study's
@@ -886,29 +897,20 @@ def _mark_locks_first(graph: Graph) -> None:
         node.locks_first = frozenset(
             attname
             for attname in node.tracked | own
-            if any(graph.model_order.get(other, place + 1) <= place for other in reach(model, attname))
+            if any(indexed and graph.model_order.get(spec.model, place + 1) <= place
+                   for spec, indexed in reach(model, attname))
         )
         # Its old value is read, to tell whether a write changes it.
         node.tracked |= node.locks_first
 
 
-def _leading_to_forward_reads(graph: Graph) -> frozenset[Spec]:
+def _leading_to_forward_reads(graph: Graph, reach: _Reach) -> frozenset[Spec]:
     """The specs that read rows through foreign keys from their own row, and
     those whose value such a spec reads, at any remove."""
-    found: dict[Spec, bool] = {}
-
-    def leads(spec: Spec) -> bool:
-        if spec not in found:
-            found[spec] = False  # a cycle back here adds nothing new
-            node = graph.nodes.get(spec.model)
-            found[spec] = bool(spec.forward_hops) or any(
-                leads(dep.spec)
-                for dep, hop in (node.edges if node else ())
-                if hop.triggers is None or spec.field.attname in hop.triggers
-            )
-        return found[spec]
-
-    return frozenset(spec for spec in graph.specs if leads(spec))
+    return frozenset(
+        spec for spec in graph.specs
+        if spec.forward_hops or any(other.forward_hops for other, _ in reach(spec.model, spec.field.attname))
+    )
 
 
 def _walk_locks(graph: Graph) -> frozenset[type[models.Model]]:
