@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "tests.ownrow",
     "tests.composite",
     "tests.chain",
+    "tests.columns",
     # Models defined by the docs' own code blocks (tests/doc_blocks.py).
     "tests.docs_readme",
     "tests.docs_quickstart",

@@ -1,0 +1,84 @@
+"""Many rows written at once, each with its own values: a deferred flush, and
+an immediate update() that changes the values of many parents, store in
+every column, of every type, the value of the row's own books.  The values
+expected are computed here from the books the test made, not read back."""
+
+import datetime
+import random
+from decimal import Decimal
+
+import pytest
+
+from maintained_fields import override_autoupdate
+from tests.columns.models import Book, Shelf
+
+pytestmark = pytest.mark.django_db
+
+
+def expected(label, books):
+    """What each maintained column of a shelf holds, from its ``books`` (dicts)."""
+    prices = [book["price"] for book in books]
+    return {
+        "first_published": min((book["published"] for book in books), default=None),
+        "any_signed": any(book["signed"] for book in books),
+        "mean_price": (sum(prices, Decimal(0)) / len(prices)).quantize(Decimal("0.01")) if prices else None,
+        "titles": ", ".join(sorted(book["title"] for book in books)),
+        "summary": {"books": len(books), "label": label},
+        "weight": sum(book["pages"] for book in books) * 0.25,
+    }
+
+
+def stored():
+    columns = ["label", *expected("", [])]
+    return {row[0]: dict(zip(columns[1:], row[1:])) for row in Shelf.objects.values_list(*columns)}
+
+
+def books_for(rng, shelf_index):
+    return [
+        {
+            "title": f"t{shelf_index}.{n}",
+            "published": datetime.date(2000, 1, 1) + datetime.timedelta(days=rng.randrange(5000)),
+            "signed": rng.random() < 0.3,
+            "price": Decimal(rng.randrange(1, 10000)) / 100,
+            "pages": rng.randrange(1, 900),
+        }
+        for n in range(rng.randrange(3))  # some shelves have none: their columns hold NULL or the empty value
+    ]
+
+
+@pytest.fixture
+def small_batches(settings):
+    # Batches of 64 rows: each flush and recompute here writes several.
+    settings.MAINTAINED_FIELDS = {"BATCH_SIZE": 64}
+
+
+def load(rng, shelves):
+    made = {}
+    for index in range(shelves):
+        label, books = f"s{index}", books_for(rng, index)
+        shelf = Shelf.objects.create(label=label)
+        for book in books:
+            Book.objects.create(shelf=shelf, **book)
+        made[label] = books
+    return made
+
+
+def test_a_deferred_flush_of_many_rows_stores_each_row_s_own_values(small_batches):
+    rng = random.Random(7)
+    with override_autoupdate(mode="deferred"):
+        made = load(rng, 150)
+    assert stored() == {label: expected(label, books) for label, books in made.items()}
+
+
+def test_an_update_changing_many_parents_at_once_stores_each_one_s_values(small_batches):
+    rng = random.Random(8)
+    made = load(rng, 150)
+    Book.objects.update(price=Decimal("2.50"), signed=False)
+    for books in made.values():
+        for book in books:
+            book.update(price=Decimal("2.50"), signed=False)
+    gone = [label for label in made if label.endswith("7")]
+    Book.objects.filter(shelf__label__in=gone).delete()
+    for label in gone:
+        made[label] = []
+    assert stored() == {label: expected(label, books) for label, books in made.items()}
