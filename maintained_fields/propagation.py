@@ -89,7 +89,7 @@ def process(
             try:
                 # Nothing is announced of an attempt that is rolled back.
                 with announced_at_the_end(gives_back or own_transaction):
-                    recomputed = _recompute_all(
+                    recomputed, written = _recompute_all(
                         graph, db, labels, records, instances, batch_size, up_front,
                         nowait=own_transaction or (gives_back and attempt < attempts - 1),
                         gives_back=gives_back,
@@ -110,9 +110,9 @@ def process(
             level,
             "Maintained fields on %r: recomputed %d row(s) (%s), %d changed, in %.3fs.",
             db,
-            sum(len(rows) for rows, _ in recomputed.values()),
-            ", ".join(f"{label} {len(rows)}" for label, (rows, _) in recomputed.items()),
-            sum(len(written) for _, written in recomputed.values()),
+            sum(len(rows) for rows in recomputed.values()),
+            ", ".join(f"{label} {len(rows)}" for label, rows in recomputed.items()),
+            written,
             time.perf_counter() - started,
         )
 
@@ -143,10 +143,10 @@ def _recompute_all(
     up_front: dict[type[models.Model], set[Any]],
     nowait: bool,
     gives_back: bool,
-) -> dict[str, tuple[set[Any], set[Any]]]:
+) -> tuple[dict[str, set[Any]], int]:
     """The work of :func:`process`, in its transaction: lock ``up_front``,
-    then the reach, then recompute group by group.  Returns, by model label,
-    the rows recomputed and the rows changed.
+    then the reach, then recompute group by group.  Returns the rows
+    recomputed, by model label, and how many rows changed.
 
     With ``nowait``, a row locked late that another transaction holds
     raises DatabaseError, or with ``gives_back`` :class:`_LateRows` (the
@@ -155,7 +155,9 @@ def _recompute_all(
     pending: Records = {}
     merge(pending, records)
     in_memory = {(type(i)._meta.concrete_model, i.pk): i for i in instances}
-    recomputed: dict[str, tuple[set[Any], set[Any]]] = {}  # label: (rows recomputed, rows changed)
+    models_in_memory = {model for model, _ in in_memory}
+    recomputed: dict[str, set[Any]] = {}  # label: rows recomputed
+    written = 0
     size = batch_size or get_config()["BATCH_SIZE"]
     # Lock every row the work may reach before recomputing any, model by
     # model in one order for every writer: rows locked as they are found
@@ -186,7 +188,12 @@ def _recompute_all(
                     raise
                 raise _LateRows({**locked, model: locked.get(model, set()) | set(pks)}, model, pks, read) from None
         node = graph.nodes[model]
-        changed = recompute(model, targets, db, batch_size, locked=True)
+        # Where a change leads nowhere and no object in memory is the row, the
+        # rows need not be read back: only counted.
+        quiet = model not in models_in_memory and not _leads_on(
+            node, frozenset(spec.field.attname for spec in specs), labels
+        )
+        changed = recompute(model, targets, db, batch_size, locked=True, quiet=quiet)
         leads: dict[frozenset[str], bool] = {}  # whether a change of these columns leads anywhere
         for instance, old in changed:
             columns = frozenset(old)
@@ -198,10 +205,9 @@ def _recompute_all(
             if mine is not None:
                 for attname in old:
                     setattr(mine, attname, getattr(instance, attname))
-        rows, written = recomputed.setdefault(model._meta.label, (set(), set()))
-        rows.update(targets)
-        written.update(instance.pk for instance, _ in changed)
-    return recomputed
+        recomputed.setdefault(model._meta.label, set()).update(targets)
+        written += changed.total
+    return recomputed, written
 
 
 def _leads_on(node: ModelNode, changed: frozenset[str], labels: frozenset[str] | None) -> bool:

@@ -162,11 +162,14 @@ def recompute(
     size: int | None = None,
     *,
     locked: bool = False,
-) -> list[tuple[models.Model, dict[str, Any]]]:
+    quiet: bool = False,
+) -> Changed:
     """Recompute the given specs of the given rows and write what changed.
 
-    Returns each changed row with its previous values, by attname.  Rows that
-    no longer exist are skipped.  Unless the caller has ``locked`` them, the
+    Returns each changed row with its previous values, by attname; with
+    ``quiet`` (the caller wants only how many changed), rows that a statement
+    wrote without reading them back may be only counted.  Rows that no
+    longer exist are skipped.  Unless the caller has ``locked`` them, the
     rows are locked first, in a statement of their own: a recompute that
     waited for a lock in the statement that reads would read what the rows
     held before the wait.
@@ -176,17 +179,25 @@ def recompute(
     connection = connections[db]
     lock_first = config["LOCK_ROWS"] and not locked and connection.features.has_select_for_update
     vendor = connection.vendor
-    changed: list[tuple[models.Model, dict[str, Any]]] = []
+    # What a dry run reports, and the signal's receivers, need each row.
+    quiet = quiet and _dry_run.get() is None and not maintained_values_written.has_listeners(model)
+    changed = Changed()
     # Sorted, so that concurrent writers lock rows in one order and cannot deadlock.
     for batch in chunks(sorted(targets), size):
         if lock_first:
             lock_rows(model, db, batch, size)
         specs = {spec for pk in batch for spec in targets[pk]}
         if vendor == "postgresql" and not composite(model) and all(spec.expression is not None for spec in specs):
-            changed += update_from_select(model, db, batch, specs)
+            if quiet:
+                changed.unlisted += update_from_select(model, db, batch, specs, returning=False)
+            else:
+                changed += update_from_select(model, db, batch, specs)
             continue
         if _updates_returning(model, specs, connection):
-            changed += update_returning(model, db, batch, specs)
+            if quiet:
+                changed.unlisted += update_returning(model, db, batch, specs, returning=False)
+            else:
+                changed += update_returning(model, db, batch, specs)
             continue
         if all(spec.settable(vendor) for spec in specs):
             changed += update_set_wise(model, db, batch, specs, size)
@@ -202,14 +213,26 @@ def recompute(
     return changed
 
 
+class Changed(list[tuple[Any, dict[str, Any]]]):
+    """The rows a recompute changed, each with its previous values, by
+    attname; and how many more it changed without reading them back."""
+
+    unlisted = 0
+
+    @property
+    def total(self) -> int:
+        return len(self) + self.unlisted
+
+
 def update_from_select(
-    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
-) -> list[tuple[Any, dict[str, Any]]]:
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec], returning: bool = True
+) -> Any:
     """PostgreSQL: recompute the expression ``specs`` on the rows ``pks`` and
     write the values that changed, in one statement, compiled once per shape:
     ``UPDATE ... FROM (SELECT the values) ... RETURNING`` the changed rows'
     keys, links and new values, with their previous values.  Returns what
-    :func:`recompute` returns, each row a namespace.
+    :func:`recompute` returns, each row a namespace; without ``returning``,
+    only how many rows changed.
 
     The rows must be locked already: the SELECT reads as the statement
     starts, and a wait for a row lock inside it would not read again.
@@ -234,13 +257,20 @@ def update_from_select(
         sets = ", ".join(f"{column} = {new}.{name}" for column, name in zip(columns, news))
         differs = " OR ".join(f"{row}.{column} IS DISTINCT FROM {new}.{name}" for column, name in zip(columns, news))
         returned = [meta.pk, *links, *(spec.field for spec in specs)]
-        returning = ", ".join([*(f"{row}.{quote(field.column)}" for field in returned), *(f"{new}.{o}" for o in olds)])
-        return (
+        back = ", ".join([*(f"{row}.{quote(field.column)}" for field in returned), *(f"{new}.{o}" for o in olds)])
+        update = (
             f"UPDATE {quote(meta.db_table)} AS {row} SET {sets} FROM ({sql}) AS {new} (pk, {', '.join(olds + news)}) "
-            f"WHERE {row}.{quote(meta.pk.column)} = {new}.pk AND ({differs}) RETURNING {returning}",
+            f"WHERE {row}.{quote(meta.pk.column)} = {new}.pk AND ({differs})"
+        )
+        if not returning:
+            return update, []
+        return (
+            f"{update} RETURNING {back}",
             [field.get_col(meta.db_table) for field in [*returned, *(spec.field for spec in specs)]],
         )
 
+    if not returning:
+        return run(("update, counted", model, specs), model, db, pks, query, statement)
     found = fetch(("update", model, specs), model, db, pks, query, statement)
     width, count = 1 + len(links), len(specs)
     changed, groups = _changes(
@@ -282,19 +312,28 @@ _COMPARED_ALIKE = (models.CharField, models.TextField, models.IntegerField, mode
 
 
 def update_returning(
-    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec]
-) -> list[tuple[Any, dict[str, Any]]]:
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec], returning: bool = True
+) -> Any:
     """Set the own-row expression ``specs`` on the rows ``pks`` where they
     differ from the stored values, with one ``UPDATE ... RETURNING`` per
     spec: nothing is read first, and only the changed rows come back, with
     their links and new values.  Returns what :func:`recompute` returns,
-    except that the previous values are not known: each is None."""
+    except that the previous values are not known: each is None; without
+    ``returning``, only how many rows changed (a row for each spec)."""
     connection = connections[db]
     meta = model._meta
     links = _link_fields(model)
     names = [link.attname for link in links]
     rows: dict[Any, tuple[SimpleNamespace, dict[str, Any]]] = {}
+    written = 0
     for spec in sorted(specs, key=lambda spec: spec.field.attname):
+        if not returning:
+            statement = partial(_update_returning_sql, model, db, spec, [])
+            sql, params, _ = _keyed(("counted", model, spec), model, db, pks, statement)
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                written += cursor.rowcount
+            continue
         statement = partial(_update_returning_sql, model, db, spec, [meta.pk, *links, spec.field])
         sql, params, converters = _keyed(("returning", model, spec), model, db, pks, statement)
         with connection.cursor() as cursor:
@@ -311,9 +350,9 @@ def update_returning(
     groups: dict[frozenset[str], list[Any]] = {}
     for row, old in rows.values():
         groups.setdefault(frozenset(old), []).append(row)
-    for written, group in groups.items():
-        _announce(model, db, group, sorted(written))
-    return list(rows.values())
+    for attnames, group in groups.items():
+        _announce(model, db, group, sorted(attnames))
+    return list(rows.values()) if returning else written
 
 
 def _update_returning_sql(
@@ -329,10 +368,9 @@ def _update_returning_sql(
     quote: Callable[[Any], str] = connections[db].ops.quote_name
     table = quote(model._meta.db_table)
     column = f"{table}.{quote(spec.field.column)}"
-    sql = (
-        f"UPDATE {table} SET {quote(spec.field.column)} = {value} WHERE {column} IS NOT ({value}) AND {where} "
-        f"RETURNING {', '.join(quote(field.column) for field in returned)}"
-    )
+    sql = f"UPDATE {table} SET {quote(spec.field.column)} = {value} WHERE {column} IS NOT ({value}) AND {where}"
+    if returned:
+        sql += f" RETURNING {', '.join(quote(field.column) for field in returned)}"
     converters = compiler.get_converters([field.get_col(model._meta.db_table) for field in returned])
     return sql, [*params, *params, *keys], converters
 
@@ -619,21 +657,44 @@ def fetch(
     """
     if composite(model):  # the key is several columns: the ORM gives it back as one tuple
         return [list(row) for row in query(pks)]
-
-    def select(pks: list[Any]) -> tuple[str, Any, dict[int, Any]]:
-        compiler = query(pks).query.get_compiler(using=db)
-        sql, params = compiler.as_sql()
-        columns = [column for column, _, _ in compiler.select]
-        if statement is not None:
-            sql, columns = statement(sql)
-        return sql, params, compiler.get_converters(columns)
-
     connection = connections[db]
-    sql, params, converters = _keyed(key, model, db, pks, select)
+    sql, params, converters = _keyed(key, model, db, pks, partial(_select, query, statement, db))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = [list(row) for row in cursor.fetchall()]
     return _converted(rows, converters, connection)
+
+
+def run(
+    key: tuple[Any, ...],
+    model: type[models.Model],
+    db: str,
+    pks: list[Any],
+    query: Callable[[list[Any]], models.QuerySet[Any]],
+    statement: Callable[[str], tuple[str, list[Any]]],
+) -> int:
+    """Run the statement that :func:`fetch` would, one that returns no rows:
+    how many rows it wrote."""
+    sql, params, _ = _keyed(key, model, db, pks, partial(_select, query, statement, db))
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def _select(
+    query: Callable[[list[Any]], models.QuerySet[Any]],
+    statement: Callable[[str], tuple[str, list[Any]]] | None,
+    db: str,
+    pks: list[Any],
+) -> tuple[str, Any, dict[int, Any]]:
+    """The SQL and parameters of ``query(pks)``, or of the ``statement`` made
+    of it, and the converters of the columns it returns."""
+    compiler = query(pks).query.get_compiler(using=db)
+    sql, params = compiler.as_sql()
+    columns = [column for column, _, _ in compiler.select]
+    if statement is not None:
+        sql, columns = statement(sql)
+    return sql, params, compiler.get_converters(columns)
 
 
 def _keyed(

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from maintained_fields import maintained_values_written, override_autoupdate
+from tests.ownrow.models import Bin
 from tests.testapp.models import Lab, Sample, Study
 
 pytestmark = pytest.mark.django_db
@@ -50,3 +51,12 @@ def test_a_flush_is_logged_with_counts_and_time(lab, study, caplog):
     assert message.startswith("Maintained fields on 'default': recomputed ")
     assert "testapp.Study 1" in message and "testapp.Lab 1" in message and "testapp.Sample 3" in message
     assert message.endswith("s.")
+
+
+def test_a_flush_tells_receivers_of_values_that_lead_nowhere(written):
+    # A flush that writes values nothing reads only counts the rows it
+    # changes, unless a receiver (or a dry run) wants their keys.
+    with override_autoupdate(mode="deferred"):
+        bins = [Bin.objects.create(qty=qty) for qty in (5, 50)]
+    assert [(sender, pks, fields) for sender, pks, fields, _ in written] == [(Bin, [b.pk for b in bins], ["size"])]
+    assert list(Bin.objects.order_by("qty").values_list("size", flat=True)) == ["small", "big"]

@@ -155,14 +155,15 @@ def _rebuild(
     """Recompute ``specs`` on the rows ``pks``, locked already; add what their changes lead
     to outside ``selected`` to ``downstream``; return how many changed."""
     model = specs[0].model
-    changed = recompute(model, {pk: set(specs) for pk in pks}, database, size, locked=True)
     node = get_graph().nodes[model]
-    if all(dep.spec in selected for dep, _ in node.edges):
-        return len(changed)  # what the changes lead to is rebuilt in its own group
-    for instance, old in changed:
-        records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
-        merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
-    return len(changed)
+    # What the changes lead to inside the selection is rebuilt in its own group.
+    inside = all(dep.spec in selected for dep, _ in node.edges)
+    changed = recompute(model, {pk: set(specs) for pk in pks}, database, size, locked=True, quiet=inside)
+    if not inside:
+        for instance, old in changed:
+            records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
+            merge(downstream, {key: found for key, found in records.items() if key[0].spec not in selected})
+    return changed.total
 
 
 def _is_terminal(stream: Any) -> bool:
