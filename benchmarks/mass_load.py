@@ -5,6 +5,7 @@ method fields and with expression fields, and django-computedfields (the peer).
     python benchmarks/mass_load.py [--rows 10000] [--runs 5] [--database-url URL]
     python benchmarks/mass_load.py --scaling [--database-url URL]
     python benchmarks/mass_load.py --database-url postgres://... --server-side-binding
+    python benchmarks/mass_load.py --instructions --variants deferred disabled
 
 A loader saves labs > studies > samples one by one in one transaction (the
 example project's schema, example/lab/loading.py), in four copies of the
@@ -20,6 +21,16 @@ SQLite runs in a file in a temporary directory; --database-url names a
 PostgreSQL or MariaDB database to use instead (its tables are created and
 emptied).  --scaling loads 1,000, 10,000 and 100,000 samples in deferred mode
 and prints the time per row.  The peer needs the ``bench`` extra.
+
+--instructions counts, instead of timing, the machine instructions each
+variant's load executes on SQLite, under valgrind's callgrind: the count
+of a process that loads, less that of one that only sets up.  The count is
+the same from run to run whatever else the machine does, so it tells
+whether a change made the work smaller on a machine too noisy to time it;
+it is not what users see (a cache miss costs more than an instruction), so
+it stands beside the wall-clock table, never instead of it.  Under
+valgrind a load runs about fifty times slower: leave out the peer's default
+mode (--variants).
 """
 
 import argparse
@@ -122,9 +133,11 @@ def correct(models):
     return all(code == name.upper().replace(" ", "-") for name, code in samples.values_list("name", "code"))
 
 
-def child(variant, rows, database, per_study):
+def child(variant, rows, database, per_study, load_rows=True, check=True):
     """Load ``rows`` samples as ``variant`` says, ``per_study`` to a study and
-    20 studies to a lab; print what was measured, as JSON."""
+    20 studies to a lab; print what was measured, as JSON.  Without
+    ``load_rows``, set up the same way and load nothing; without ``check``,
+    do not count what the columns should hold."""
     setup(database, peer=variant.startswith("peer"))
     from contextlib import nullcontext
 
@@ -145,8 +158,8 @@ def child(variant, rows, database, per_study):
         with context:  # a deferred scope's flush is part of the load
             load(*models, labs=rows // (20 * per_study), studies=20, samples=per_study)
 
-    measured = measure(work)
-    verdict = correct(models) if schema_name != "plain" and how != "disabled" else None
+    measured = measure(work if load_rows else lambda: None)
+    verdict = correct(models) if check and schema_name != "plain" and how != "disabled" else None
     print(json.dumps({**measured, "correct": verdict}))
 
 
@@ -176,18 +189,43 @@ def database_settings(url, directory):
     return dj_database_url.parse(url)
 
 
-def run_child(variant, rows, database, per_study=None):
+def run_child(variant, rows, database, per_study=None, options=(), prefix=()):
     """Measure ``variant`` in a fresh process; by default 10 labs of 20 studies share the ``rows``."""
     per_study = per_study or rows // 200
     result = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--rows", str(rows), "--per-study", str(per_study),
-         "--database", json.dumps(database)],
+        [*prefix, sys.executable, __file__, "--child", variant, "--rows", str(rows), "--per-study", str(per_study),
+         "--database", json.dumps(database), *options],
         capture_output=True,
         text=True,
     )
     if result.returncode:
         sys.exit(f"{variant} failed:\n{result.stderr}")
-    return json.loads(result.stdout.splitlines()[-1])
+    return {**json.loads(result.stdout.splitlines()[-1]), "stderr": result.stderr}
+
+
+def instructions(args, database):
+    """Instructions each variant's load executes (callgrind), against the floor's."""
+    if not database["ENGINE"].endswith("sqlite3"):
+        sys.exit("--instructions counts this process's instructions: it measures SQLite only.")
+    variants = [v for v in VARIANTS if has_peer() or not v.startswith("peer")]
+    if args.variants:
+        variants = ["floor", *(v for v in variants if v != "floor" and any(w in v for w in args.variants))]
+    valgrind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    counted = {}
+    for variant in variants:
+        loaded, set_up = (
+            run_child(variant, args.rows, database, options=options, prefix=valgrind)
+            for options in (("--no-check",), ("--no-check", "--no-load"))
+        )
+        collected = [int(r["stderr"].rsplit("Collected : ", 1)[1].split()[0]) for r in (loaded, set_up)]
+        counted[variant] = (collected[0] - collected[1], loaded["queries"])
+        print(f"{variant}: {counted[variant][0] / 1e6:,.0f} million instructions", flush=True)
+    floor = counted["floor"][0]
+    print(f"\n{args.rows} samples ({args.rows // 200} per study, 20 studies per lab, 10 labs), SQLite file, "
+          "instructions of the load (callgrind), one run each\n")
+    print(f"{'variant':<28} {'millions':>9} {'vs floor':>9} {'queries':>9}")
+    for variant, (count, queries) in counted.items():
+        print(f"{variant:<28} {count / 1e6:>9,.0f} {count / floor:>8.3f}x {queries:>9}")
 
 
 def create_tables(database):
@@ -252,15 +290,19 @@ def main():
     parser.add_argument("--scaling", action="store_true", help="time per row of deferred loads at three sizes")
     parser.add_argument("--server-side-binding", action="store_true",
                         help="PostgreSQL: OPTIONS server_side_binding, so psycopg prepares repeated statements")
+    parser.add_argument("--instructions", action="store_true",
+                        help="SQLite: count each load's instructions under valgrind instead of timing it")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--per-study", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--create", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--no-load", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child or args.create:
         database = json.loads(args.database)
         if args.child:
-            return child(args.child, args.rows, database, args.per_study)
+            return child(args.child, args.rows, database, args.per_study, not args.no_load, not args.no_check)
         setup(database)
         from django.core.management import call_command
 
@@ -270,7 +312,7 @@ def main():
         if args.server_side_binding:
             database.setdefault("OPTIONS", {})["server_side_binding"] = True
         create_tables(database)
-        (scaling if args.scaling else compare)(args, database)
+        (scaling if args.scaling else instructions if args.instructions else compare)(args, database)
 
 
 if __name__ == "__main__":
