@@ -210,6 +210,7 @@ def test_a_bad_row_names_file_sheet_row_and_column_and_nothing_is_written(tmp_pa
     assert row_counts() == before
 
 
+@pytest.mark.data
 @pytest.mark.django_db
 def test_every_example_study_loads_with_the_workbooks_names_and_nothing_drifts():
     # As the issue asks: the compounds first, then every other example study.
