@@ -25,7 +25,17 @@ from django.db import DatabaseError, connections, models, transaction
 from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
-from .writes import announced_at_the_end, chunks, fetch, forward_reads, lock_rows, recompute, resolve, share_lock_read
+from .writes import (
+    Targets,
+    announced_at_the_end,
+    chunks,
+    fetch,
+    forward_reads,
+    lock_rows,
+    recompute,
+    resolve,
+    share_lock_read,
+)
 from .writes import lock as lock_rows_of
 
 logger = logging.getLogger("maintained_fields")
@@ -174,8 +184,7 @@ def _recompute_all(
             locked.setdefault(model, set()).update(rows)
     for (model, specs), targets in zip(graph.order, known):
         if pending:
-            for pk, found in _targets(specs, pending, labels, db, batch_size, resolved).items():
-                targets.setdefault(pk, set()).update(found)
+            _merge_targets(targets, _targets(specs, pending, labels, db, batch_size, resolved))
         if not targets:
             continue
         if locked is not None:
@@ -328,15 +337,16 @@ def _targets(
     db: str,
     size: int | None,
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
-) -> dict[Any, set[Spec]]:
+) -> Targets:
     """Take the pending records of ``specs`` out of ``pending``, as {pk: specs to recompute}.
 
     ``resolved`` keeps what each record resolved to, for the next time.
     """
-    targets: dict[Any, set[Spec]] = {}
+    targets: Targets = {}
     for spec in specs:
         if labels is not None and spec.label not in labels:
             continue
+        one = frozenset((spec,))
         for dep in (spec.itself, *spec.deps):
             for index in dep.record_indexes:
                 pks = pending.pop((dep, index), None)
@@ -344,14 +354,41 @@ def _targets(
                     key = (dep, index, frozenset(pks))
                     if key not in resolved:
                         resolved[key] = resolve(dep, index, pks, db, size)
-                    for pk in resolved[key]:
-                        targets.setdefault(pk, set()).add(spec)
+                    _add_targets(targets, resolved[key], one)
     return targets
+
+
+def _add_targets(targets: Targets, pks: Iterable[Any], specs: frozenset[Spec]) -> None:
+    """Add ``specs`` to what ``targets`` recomputes on each of the rows ``pks``.
+
+    Rows that recompute the same specs share one frozenset: a set a row, in a
+    flush of 100,000 rows, made the garbage collector walk the heap twice
+    over while they were built.
+    """
+    unions: dict[frozenset[Spec], frozenset[Spec]] = {}
+    for pk in pks:
+        found = targets.get(pk)
+        if found is None:
+            targets[pk] = specs
+        elif not specs <= found:
+            union = unions.get(found)
+            if union is None:
+                union = unions[found] = found | specs
+            targets[pk] = union
+
+
+def _merge_targets(targets: Targets, more: Targets) -> None:
+    """Add ``more`` to ``targets``."""
+    rows_of: dict[frozenset[Spec], list[Any]] = {}
+    for pk, specs in more.items():
+        rows_of.setdefault(specs, []).append(pk)
+    for specs, pks in rows_of.items():
+        _add_targets(targets, pks, specs)
 
 
 def _lock_reach(
     graph: Graph,
-    known: list[dict[Any, set[Spec]]],
+    known: list[Targets],
     labels: frozenset[str] | None,
     db: str,
     size: int | None,
@@ -384,7 +421,7 @@ def _lock_reach(
 
 def _walk_reach(
     graph: Graph,
-    known: list[dict[Any, set[Spec]]],
+    known: list[Targets],
     labels: frozenset[str] | None,
     db: str,
     size: int | None,
@@ -403,30 +440,32 @@ def _walk_reach(
     reach = [set(targets) for targets in known]
     downstream: Records = {}
     for (model, specs), targets, rows in zip(graph.order, known, reach):
-        targets = {pk: set(found) for pk, found in targets.items()}
+        targets = dict(targets)
         if downstream:
-            for pk, found in _targets(specs, downstream, labels, db, size, resolved).items():
-                targets.setdefault(pk, set()).update(found)
+            _merge_targets(targets, _targets(specs, downstream, labels, db, size, resolved))
             rows.update(targets)
         if not rows:
             continue
         node = graph.nodes[model]
-        written = {pk: frozenset(spec.field.attname for spec in found) for pk, found in targets.items()}
+        written = {found: frozenset(spec.field.attname for spec in found) for found in set(targets.values())}
         every = frozenset().union(*written.values())
+        locks = lock and model in graph.walk_locks
+        if not locks and not _leads_on(node, every, labels):
+            continue
         links = [
             cast(str, hop.up_link)  # a REVERSE hop's
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & every)
         ]
         try:
-            locks = lock and model in graph.walk_locks
             linked = rows_with_links(model, db, rows, links, size, lock=locks, nowait=nowait)
         except DatabaseError:
             if not nowait:
                 raise
             raise _LateRows(rows={model: rows}) from None
         for row in linked:
-            merge(downstream, records_for(node, row, labels=labels, changed=written.get(row.pk, every)))
+            found = targets.get(row.pk)
+            merge(downstream, records_for(node, row, labels=labels, changed=every if found is None else written[found]))
     return reach
 
 
@@ -467,7 +506,7 @@ def _lock_in_order(graph: Graph, by_model: dict[type[models.Model], set[Any]], d
 
 def _lock_late(
     model: type[models.Model],
-    targets: dict[Any, set[Spec]],
+    targets: Targets,
     locked: dict[type[models.Model], set[Any]],
     db: str,
     size: int,

@@ -155,9 +155,13 @@ def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str, size: in
     return found
 
 
+# {pk: the specs to recompute on the row}; rows with the same specs may share one frozenset.
+Targets = dict[Any, frozenset[Spec]]
+
+
 def recompute(
     model: type[models.Model],
-    targets: dict[Any, set[Spec]],
+    targets: Targets,
     db: str,
     size: int | None = None,
     *,

@@ -158,7 +158,7 @@ def _rebuild(
     node = get_graph().nodes[model]
     # What the changes lead to inside the selection is rebuilt in its own group.
     inside = all(dep.spec in selected for dep, _ in node.edges)
-    changed = recompute(model, {pk: set(specs) for pk in pks}, database, size, locked=True, quiet=inside)
+    changed = recompute(model, dict.fromkeys(pks, frozenset(specs)), database, size, locked=True, quiet=inside)
     if not inside:
         for instance, old in changed:
             records = records_for(node, instance, labels=labels, changed=frozenset(old), old=old)
