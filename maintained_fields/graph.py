@@ -245,6 +245,14 @@ class ModelNode:
     # {label filter: what the insert of a row does} (tracking.insert_plan).
     on_insert: dict[frozenset[str] | None, Any] = field(default_factory=dict)
 
+    @cached_property
+    def own_reads(self) -> tuple[str, ...]:
+        """The attnames the own-row fields read: every concrete field's, if
+        one of them reads the whole row."""
+        if any(not spec.own_triggers for spec in self.own_row):
+            return tuple(f.attname for f in self.model._meta.concrete_fields)
+        return tuple(sorted(set().union(*(spec.own_triggers for spec in self.own_row))))
+
 
 @dataclass(eq=False)
 class Graph:

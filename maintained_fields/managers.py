@@ -25,6 +25,7 @@ from .tracking import (
     compute_own_rows,
     delete_queryset,
     delete_retried,
+    expressions_held,
     hold_in_delete,
     in_transaction,
     lock_before_write,
@@ -155,7 +156,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             return super().bulk_create(objs, **options)
         objs = list(objs)
         own_row = own_row_specs(node, scope, None)
-        later = after_the_write(own_row, deferred=False)
+        later = after_the_write(own_row, deferred=False, held=expressions_held(objs, node))
         if own_row and objs:
             compute_own_rows(objs, [spec for spec in own_row if spec not in later], self.db)
         if ignore_conflicts:
@@ -254,6 +255,8 @@ class MaintainedQuerySet(models.QuerySet[Any]):
         fields = list(fields)
         written = frozenset(self.model._meta.get_field(name).attname for name in fields)
         own_row = own_row_specs(node, scope, written)
+        later = after_the_write(own_row, deferred=False, held=expressions_held(objs, node)) if own_row else []
+        own_row = [spec for spec in own_row if spec not in later]
         if own_row and objs:
             compute_own_rows(objs, own_row, self.db)
         fields += [spec.field.name for spec in own_row if spec.field.attname not in written]
@@ -277,7 +280,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                     continue  # no such row: nothing was written
                 changed = changed_attnames(obj, node, written, old)
                 merge(records, records_for(node, obj, labels=scope.labels, changed=changed, old=old))
-            merge(records, recompute_records(_overwritten(node, scope, written), before))
+            merge(records, recompute_records([*_overwritten(node, scope, written), *later], before))
             dispatch(scope, self.db, records)
             return count
 

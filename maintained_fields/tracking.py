@@ -11,9 +11,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
+from datetime import date, time, timedelta
+from decimal import Decimal
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, NamedTuple, TypeVar, cast
+from uuid import UUID
 
 from django.db import connections, models, router, transaction
 from django.db.models import signals
@@ -42,6 +45,7 @@ from .writes import (
     own_row_sql,
     resolve,
     row_expression,
+    same,
 )
 from .writes import lock as lock_rows_of
 
@@ -138,14 +142,19 @@ def _insert_recorded(
     loader makes thousands of times: what :func:`_save_and_record` does for
     it, with what depends only on the model and the labels planned once."""
     plan = insert_plan(node, scope.labels)
-    if plan.now:
-        compute_own_rows([instance], plan.now, using)
+    now, later = plan.now, plan.later
+    if now:
+        held = expressions_held([instance], node)
+        if held:
+            later = after_the_write([s for s in node.own_row if s in now or s in later], deferred=True, held=held)
+            now = [spec for spec in now if spec not in later]
+        compute_own_rows([instance], now, using)
     if _locks_parents_first(using):
         lock_before_write(node, [(instance, None)], using)
     save(**kwargs)
     labels = scope.labels
-    if not scope.buffer.fill(using, labels, partial(created_records, node, instance, labels, plan.later)):  # type: ignore[union-attr]  # the caller checked
-        dispatch(scope, using, created_records(node, instance, labels, plan.later), (instance,))
+    if not scope.buffer.fill(using, labels, partial(created_records, node, instance, labels, later)):  # type: ignore[union-attr]  # the caller checked
+        dispatch(scope, using, created_records(node, instance, labels, later), (instance,))
 
 
 class InsertPlan(NamedTuple):
@@ -235,25 +244,48 @@ def left_to_insert(instance: models.Model, specs: list[Spec], using: str, kwargs
     return last
 
 
-def after_the_write(own_row: list[Spec], deferred: bool, written: frozenset[str] | None = None) -> list[Spec]:
+def after_the_write(own_row: list[Spec], deferred: bool, written: frozenset[str] | None = None,
+                    held: frozenset[str] = frozenset()) -> list[Spec]:
     """The own-row ``own_row`` (in dependency order) computed after the write,
     by a recompute of the row: those that read what the write sets (the
     key, auto_now fields), expressions in a deferred scope (the flush
     computes them in batches), those that read fields a write of only
     ``written`` leaves as stored (the instance's values of those may never
-    have been saved), and those that read any of these."""
+    have been saved), those that read the ``held`` fields (see
+    :func:`expressions_held`), and those that read any of these."""
     later: list[Spec] = []
-    fields: set[str] = set()
+    fields: set[str] = set(held)
     for spec in own_row:
         if (
             spec.after_write
             or (deferred and spec.expression is not None)
             or spec.own_triggers & fields
+            or (fields and not spec.own_triggers)
             or (written is not None and not spec.own_triggers <= written)
         ):
             later.append(spec)
             fields.add(spec.field.attname)
     return later
+
+
+# Values that are never query expressions: most values, told apart without a failed attribute lookup.
+_PLAIN = (str, int, float, Decimal, date, time, timedelta, UUID, bytes, dict, list, type(None))
+
+
+def expressions_held(instances: Iterable[models.Model], node: ModelNode) -> frozenset[str]:
+    """The attnames read by ``node``'s own-row fields that hold a query
+    expression (``qty = F("qty") + 1``, ``title = Concat(...)``) on any of
+    ``instances``.  The database computes such a value as it writes the row,
+    and the instance keeps the expression, so the fields that read it are
+    computed from the row once written."""
+    held = set()
+    for instance in instances:
+        values = instance.__dict__
+        for attname in node.own_reads:
+            value = values.get(attname)
+            if not isinstance(value, _PLAIN) and hasattr(value, "resolve_expression"):
+                held.add(attname)
+    return frozenset(held)
 
 
 def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, using: str, fields: Any,
@@ -292,7 +324,7 @@ def _save_and_record(
         _lock_reach_of_instance(instance, node, scope, written, using)
     old = _read_before(instance, node, using, written, refresh=True, lock=True)
     lock_parents(instance, node, old, using)
-    later = after_the_write(own_row, scope.mode in modes.RECORDING, written)
+    later = after_the_write(own_row, scope.mode in modes.RECORDING, written, expressions_held([instance], node))
     now = [s for s in own_row if s not in later]
     in_insert = left_to_insert(instance, now, using, kwargs) if now else []
     before_insert = now[: len(now) - len(in_insert)]

@@ -226,3 +226,40 @@ def test_a_method_that_reads_a_relation_before_the_row_has_a_key_says_what_to_de
         with transaction.atomic():
             Pen.objects.create()
     assert not Pen.objects.exists()
+
+
+def expected_reading(row):
+    """What a Reading's own-row fields must hold, from its stored value and factor."""
+    return {
+        "scaled": None if row["value"] is None else row["value"] * row["factor"],
+        "state": "yes" if row["ok"] else "no",
+        "formula": f"{row['value']} x {row['factor']}",
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_values_written_as_query_expressions_are_read_from_the_row_once_written(mode):
+    """``qty = F("qty") + 1``, ``create(title=Concat(...))``: Django has the
+    database compute such a value and leaves the expression on the instance.
+    The own-row fields that read it, expression and method alike, hold what
+    the row holds: before, save() raised TypeError, and create() stored the
+    expression's text (from an outside tester's report)."""
+    from django.db.models import F, FloatField, Value
+    from django.db.models.functions import Cast
+
+    with override_autoupdate(mode=mode):
+        incremented = Reading.objects.create(value=1.5, factor=2.0)
+        incremented.value = F("value") + 1
+        incremented.save()
+        created = Reading.objects.create(value=Cast(Value("0.25"), FloatField()), factor=4.0)
+        made, *_ = Reading.objects.bulk_create([Reading(value=Value(3.0), factor=2.0), Reading(value=5.0)])
+        listed = list(Reading.objects.filter(pk__in=[incremented.pk, created.pk, made.pk]))
+        for reading in listed:
+            reading.value, reading.ok = F("value") * 2, True
+        Reading.objects.bulk_update(listed, ["value", "ok"])
+    rows = Reading.objects.values("pk", "ok", "value", "factor", "scaled", "state", "formula")
+    assert {row["pk"]: row["value"] for row in rows if row["ok"]} == {
+        incremented.pk: 5.0, created.pk: 0.5, made.pk: 6.0
+    }
+    for row in rows:
+        assert {name: row[name] for name in ("scaled", "state", "formula")} == expected_reading(row)
