@@ -82,6 +82,27 @@ def normalize(spec: Spec, value: Any) -> Any:
     return value
 
 
+def same(stored: Any, computed: Any) -> bool:
+    """Whether a column holding ``stored`` already holds ``computed``: equal,
+    and, for numbers, of one kind (bool, int or float), at any depth of a
+    JSON value, since Python's ``True == 1 == 1.0`` are three values in a
+    JSON column."""
+    if stored is computed:
+        return True
+    if isinstance(stored, dict):
+        return isinstance(computed, dict) and stored.keys() == computed.keys() and all(
+            same(value, computed[key]) for key, value in stored.items()
+        )
+    if isinstance(stored, (list, tuple)):
+        return isinstance(computed, (list, tuple)) and len(stored) == len(computed) and all(map(same, stored, computed))
+    if isinstance(stored, _NUMBERS) and isinstance(computed, _NUMBERS) and type(stored) is not type(computed):
+        return False
+    return bool(stored == computed)
+
+
+_NUMBERS = (bool, int, float)
+
+
 def compute(
     instance: models.Model, specs: Iterable[Spec], evaluated: dict[str, Any] | None = None
 ) -> dict[str, tuple[Any, Any]]:
@@ -98,7 +119,7 @@ def compute(
             computed = normalize(spec, evaluated[attname])
         else:
             computed = normalize(spec, spec.compute(instance))
-        if computed != stored:
+        if not same(stored, computed):
             differences[attname] = (stored, computed)
     return differences
 
@@ -127,7 +148,7 @@ def dry_run(db: str) -> Iterator[Changes]:
             transaction.set_rollback(True, using=db)
     finally:
         _dry_run.reset(token)
-    for key in [key for key, (stored, computed) in changes.items() if stored == computed]:
+    for key in [key for key, (stored, computed) in changes.items() if same(stored, computed)]:
         del changes[key]  # changed, then changed back
 
 
@@ -391,7 +412,7 @@ def _changes(
         old, new = {}, {}
         for spec, before, after in zip(specs, stored, computed):
             after = normalize(spec, after)
-            if after != before:
+            if not same(before, after):
                 old[spec.field.attname], new[spec.field.attname] = before, after
         if old:
             row = SimpleNamespace(pk=pk, **dict(zip(links, linked)), **new)

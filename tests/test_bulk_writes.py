@@ -4,13 +4,15 @@ every column, of every type, the value of the row's own books.  The values
 expected are computed here from the books the test made, not read back."""
 
 import datetime
+import io
 import random
 from decimal import Decimal
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from maintained_fields import override_autoupdate
-from tests.columns.models import Book, Shelf
+from tests.columns.models import Book, Crate, Parcel, Shelf
 
 pytestmark = pytest.mark.django_db
 
@@ -82,3 +84,31 @@ def test_an_update_changing_many_parents_at_once_stores_each_one_s_values(small_
     for label in gone:
         made[label] = []
     assert stored() == {label: expected(label, books) for label, books in made.items()}
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_json_value_changed_to_one_python_calls_equal_is_written(mode):
+    """``True``, ``1`` and ``1.0`` are equal in Python and three values in a
+    JSON column: changing one to another, by each write path, reaches the
+    columns that read it (before, none of them did, and the check saw
+    nothing; from an outside tester's report)."""
+    crate = Crate.objects.create(meta={"a": True})
+    parcels = [Parcel.objects.create(crate=crate, payload=value) for value in (True, [True], {"n": 1})]
+    with override_autoupdate(mode=mode):
+        Parcel.objects.filter(pk=parcels[0].pk).update(payload=1)
+        parcels[1].payload = [1.0]
+        parcels[1].save()
+        parcels[2].payload = {"n": 1.0}
+        Parcel.objects.bulk_update([parcels[2]], ["payload"])
+        Crate.objects.filter(pk=crate.pk).update(meta={"a": 1})
+    payloads = list(Parcel.objects.order_by("pk").values_list("payload", flat=True))
+    assert [repr(value) for value in payloads] == ["1", "[1.0]", "{'n': 1.0}"]
+    assert repr(Crate.objects.get().payloads) == repr(payloads)
+    assert {repr(meta) for meta in Parcel.objects.values_list("crate_meta", flat=True)} == {"{'a': 1}"}
+
+    with override_autoupdate(mode="disabled"):
+        Crate.objects.update(payloads=[True, [True], {"n": 1}])
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="1 maintained value"):
+        call_command("check_maintained_fields", "columns.Crate", stdout=out)
+    assert "payloads" in out.getvalue()

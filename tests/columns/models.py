@@ -5,8 +5,9 @@ import datetime
 from decimal import Decimal
 
 from django.db import models
+from django.db.models import F
 
-from maintained_fields import MaintainedModel, maintained_field
+from maintained_fields import MaintainedModel, maintained, maintained_field
 
 
 class Shelf(MaintainedModel):
@@ -51,3 +52,20 @@ class Book(MaintainedModel):
     signed = models.BooleanField(default=False)
     price = models.DecimalField(max_digits=8, decimal_places=2)
     pages = models.IntegerField(default=100)
+
+
+class Crate(MaintainedModel):
+    """JSON values, where Python's ``True == 1 == 1.0`` are three values of the column."""
+
+    meta = models.JSONField(null=True)
+    payloads = models.JSONField(default=list)
+
+    @maintained_field("payloads", depends_on=["parcels__payload"])
+    def compute_payloads(self) -> list[object]:
+        return list(self.parcels.order_by("pk").values_list("payload", flat=True))
+
+
+class Parcel(MaintainedModel):
+    crate = models.ForeignKey(Crate, related_name="parcels", on_delete=models.CASCADE)
+    payload = models.JSONField(null=True)
+    crate_meta = maintained(models.JSONField(null=True), F("crate__meta"))
