@@ -179,7 +179,8 @@ def _isolate(expression: Any, model: type[models.Model]) -> Any:
     def subquery(node: Any) -> Any:
         if isinstance(node, models.Aggregate):
             rows: models.QuerySet[Any] = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
-            return models.Subquery(rows.annotate(_maintained_value=node).values("_maintained_value"))
+            # Grouped by the key alone: SQLite sorts by every column of a group otherwise.
+            return models.Subquery(rows.values("pk").annotate(_maintained_value=node).values("_maintained_value"))
         return None
 
     return rewrite(expression, subquery)
