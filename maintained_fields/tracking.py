@@ -38,6 +38,7 @@ from .propagation import (
 )
 from .writes import (
     announced_at_the_end,
+    chunks,
     evaluate_in_memory,
     lock_rows,
     locking,
@@ -955,8 +956,10 @@ def mark_changed(objects: models.QuerySet[Any] | Iterable[models.Model], *, usin
     ``objects`` is a QuerySet or model instances, of one model or several.
     The rows' maintained fields and everything that depends on them are
     recomputed as the mode in force says (at once, at the end of a deferred
-    scope, or not at all).  Rows moved to another parent by the hidden write:
-    mark them before and after it, inside ``override_autoupdate(mode="deferred")``,
+    scope, or not at all).  Where a row leads (its parents) is read from the
+    database, for instances too; a row no longer there leads where its
+    instance says.  Rows moved to another parent by the hidden write: mark
+    them before and after it, inside ``override_autoupdate(mode="deferred")``,
     so that both parents are recomputed.
     """
     if isinstance(objects, models.Manager) or (isinstance(objects, type) and issubclass(objects, models.Model)):
@@ -971,8 +974,7 @@ def mark_changed(objects: models.QuerySet[Any] | Iterable[models.Model], *, usin
         return
     if isinstance(objects, models.QuerySet):
         node = _node_for_marking(objects.model)
-        columns = ("pk", *node.up_links) if node.model in get_graph().nodes else ("pk", *_link_columns(node))
-        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values(*columns)]
+        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values(*_marked_columns(node))]
         _mark(scope, node, using or objects.db, rows)
         return
     groups: dict[tuple[type[models.Model], str], list[models.Model]] = {}
@@ -983,8 +985,27 @@ def mark_changed(objects: models.QuerySet[Any] | Iterable[models.Model], *, usin
             raise ValueError(f"mark_changed() got {obj!r}, which is not saved: save it first.")
         db = using or obj._state.db or router.db_for_write(type(obj), instance=obj)
         groups.setdefault((cast(type[models.Model], obj._meta.concrete_model), db), []).append(obj)
-    for (model, db), rows in groups.items():
-        _mark(scope, _node_for_marking(model), db, rows)
+    for (model, db), instances in groups.items():
+        node = _node_for_marking(model)
+        _mark(scope, node, db, _as_stored(node, db, instances))
+
+
+def _marked_columns(node: ModelNode) -> tuple[str, ...]:
+    """The key and the links of a marked row: what says where its change leads."""
+    return ("pk", *node.up_links) if node.model in get_graph().nodes else ("pk", *_link_columns(node))
+
+
+def _as_stored(node: ModelNode, db: str, instances: list[models.Model]) -> list[Any]:
+    """The rows of ``instances`` with the links the database holds now, which
+    the write the library did not see may have changed (a row moved by raw
+    SQL); a row no longer there, as its instance holds it."""
+    stored: dict[Any, Any] = {}
+    for batch in chunks([instance.pk for instance in instances], get_config()["BATCH_SIZE"]):
+        found: models.QuerySet[Any, dict[str, Any]] = (
+            models.QuerySet(node.model, using=db).filter(pk__in=batch).values(*_marked_columns(node))
+        )
+        stored.update((row["pk"], SimpleNamespace(**row)) for row in found)
+    return [stored.get(instance.pk, instance) for instance in instances]
 
 
 def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None:

@@ -375,6 +375,24 @@ def test_mark_changed_refuses_what_is_not_rows(argument, message):
         mark_changed(argument)
 
 
+def test_the_same_instances_marked_before_and_after_a_raw_move_lead_to_both_shelves(db):
+    """The instance still names the old shelf after a raw move: where a
+    marked row leads is read from the database; a row deleted by the raw
+    write leads where its instance says (an outside tester's report: the
+    new parent kept its count)."""
+    first, second = Shelf.objects.create(name="first"), Shelf.objects.create(name="second")
+    moved, gone = Box.objects.create(shelf=first), Box.objects.create(shelf=first)
+    with override_autoupdate(mode="deferred"):
+        mark_changed([moved, gone])
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {Box._meta.db_table} SET shelf_id = %s WHERE id = %s", [second.pk, moved.pk])
+            cursor.execute(f"DELETE FROM {Box._meta.db_table} WHERE id = %s", [gone.pk])
+        mark_changed([moved, gone])
+    counts = {shelf.pk: Box.objects.filter(shelf=shelf).count() for shelf in (first, second)}
+    assert counts == {first.pk: 0, second.pk: 1}
+    assert dict(Shelf.objects.values_list("pk", "box_count")) == counts
+
+
 def test_mark_changed_refuses_unsaved_rows(db):
     with pytest.raises(ValueError, match="not saved: save it first"):
         mark_changed([Shelf(name="new")])
