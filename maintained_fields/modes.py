@@ -65,9 +65,17 @@ def current_scope() -> Scope:
 
 def get_autoupdate_mode() -> str:
     """Return the mode in force here and now: ``"immediate"``, ``"deferred"``,
-    ``"disabled"`` or ``"background"``."""
+    ``"disabled"`` or ``"background"``.
+
+    In a task or thread that outlives the deferred scope it started in, the
+    mode is ``"immediate"``: its writes are maintained at once."""
     scopes = _scopes.get()
-    return scopes[-1].mode if scopes else get_config()["DEFAULT_MODE"]
+    if not scopes:
+        return get_config()["DEFAULT_MODE"]  # type: ignore[no-any-return]
+    scope = scopes[-1]
+    if scope.mode == DEFERRED and scope.buffer is not None and scope.buffer.closed:
+        return IMMEDIATE
+    return scope.mode
 
 
 class override_autoupdate:

@@ -563,6 +563,11 @@ class Buffer:
             work, self._work, self._closed = self._work, {}, True
         return work
 
+    @property
+    def closed(self) -> bool:
+        """Whether the scope has ended: what is recorded now is refused."""
+        return self._closed
+
     def __len__(self) -> int:
         with self._lock:
             return sum(len(pks) for records in self._work.values() for pks in records.values())

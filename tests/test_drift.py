@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.models import signals
 
-from maintained_fields import mark_changed, override_autoupdate
+from maintained_fields import get_autoupdate_mode, mark_changed, override_autoupdate
 from tests.drift.models import (
     Account,
     Article,
@@ -189,10 +189,13 @@ def test_symmetrical_self_many_to_many(mode):
 def test_a_thread_started_in_an_empty_deferred_scope_is_maintained_after_it():
     shelf = Shelf.objects.create(name="a")
     started, go = threading.Event(), threading.Event()
+    seen = []
 
     def late_write():
+        seen.append(get_autoupdate_mode())
         started.set()
         go.wait(5)
+        seen.append(get_autoupdate_mode())  # what the write gets, as it gets it
         Box.objects.create(shelf=shelf)
         connection.close()
 
@@ -204,6 +207,7 @@ def test_a_thread_started_in_an_empty_deferred_scope_is_maintained_after_it():
     thread.join(5)
     assert_boxes_right()
     assert Shelf.objects.get(pk=shelf.pk).box_count == 1
+    assert seen == ["deferred", "immediate"]
 
 
 def test_a_task_that_outlives_an_empty_deferred_scope_is_maintained(shelves):
@@ -219,6 +223,7 @@ def test_a_task_that_outlives_an_empty_deferred_scope_is_maintained(shelves):
 
     # The task writes after the scope ended, in the context it was given.
     context = asyncio.run(start_task_in_scope())
+    assert context.run(get_autoupdate_mode) == "immediate"
     context.run(Box.objects.create, shelf=a)
     assert_boxes_right()
     assert Shelf.objects.get(pk=a.pk).box_count == 1
