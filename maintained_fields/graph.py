@@ -449,6 +449,7 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
     """
     graph = Graph()
     specs: list[Spec] = []
+    flawed: list[Spec] = []
     seen: dict[tuple[type[models.Model], str], str] = {}
     for model in model_list:
         meta = model._meta
@@ -483,10 +484,16 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
             )
             continue
         for method_name, declaration in declared.items():
-            spec = _spec(model, method_name, declaration, seen, graph.errors)
+            spec = _spec(model, method_name, declaration, seen, graph.errors, flawed)
             if spec is not None:
                 specs.append(spec)
     _order(graph, specs)
+    if flawed:
+        # Left out for an error of their own, they still close cycles: report those in the same check.
+        probe = Graph()
+        _order(probe, specs + flawed)
+        reported = {error.msg for error in graph.errors}
+        graph.errors += [error for error in probe.errors if error.msg not in reported]
     _index(graph)
     graph.errors += _unseen_writes(graph, model_list)
     return graph
@@ -548,7 +555,10 @@ def _spec(
     declaration: Declaration,
     seen: dict[tuple[type[models.Model], str], str],
     errors: list[checks.CheckMessage],
+    flawed: list[Spec],
 ) -> Spec | None:
+    """The spec of a declaration, or None, with its errors added to ``errors``;
+    one whose only fault is its value (E012) is added to ``flawed``."""
     meta = model._meta
     where = f"{meta.label}.{method_name}()"
     if declaration.expression is not None:
@@ -606,18 +616,16 @@ def _spec(
                 )
             )
             return None
-        if not target.null and _may_be_null(declaration.expression):
-            errors.append(
-                _error(
-                    12,
-                    f"{where} is NULL for a row with no related rows ({declaration.expression!r}), "
-                    f"and {meta.label}.{target.name} is NOT NULL: writing such a row would fail.",
-                    model,
-                    "Give the empty case a value, e.g. Coalesce(Max('samples__name'), Value('')) or "
-                    "Coalesce(Sum('samples__weight'), 0.0), or make the field null=True.",
-                )
-            )
-            return None
+    null_error = None
+    if declaration.expression is not None and not target.null and _may_be_null(declaration.expression):
+        null_error = _error(
+            12,
+            f"{where} is NULL for a row with no related rows ({declaration.expression!r}), "
+            f"and {meta.label}.{target.name} is NOT NULL: writing such a row would fail.",
+            model,
+            "Give the empty case a value, e.g. Coalesce(Max('samples__name'), Value('')) or "
+            "Coalesce(Sum('samples__weight'), 0.0), or make the field null=True.",
+        )
     spec = Spec(
         model, target, method_name, declaration.label, declaration.depends_on, expression=declaration.expression
     )
@@ -636,12 +644,18 @@ def _spec(
                     "e.g. 'samples', 'study__lab' or 'samples__weight'.",
                 )
             )
+            if null_error is not None:
+                errors.append(null_error)
             return None
     spec.deps = tuple(deps)
     spec.own_row = all(len(dep.hops) == 1 for dep in deps)
     if spec.own_row:
         spec.own_triggers = frozenset().union(*(cast(frozenset[str], dep.hops[0].triggers) for dep in deps))
         spec.after_write = bool(spec.own_triggers & _set_by_the_write(model))
+    if null_error is not None:
+        errors.append(null_error)
+        flawed.append(spec)
+        return None
     return spec
 
 

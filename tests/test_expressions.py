@@ -243,6 +243,35 @@ def test_an_aggregate_that_is_null_over_no_rows_into_a_not_null_field_is_a_check
     assert "Coalesce(Max('samples__name'), Value(''))" in errors[0].hint
 
 
+@isolate_apps("tests.expressions")
+def test_a_value_null_over_no_rows_hides_no_other_error_of_the_field():
+    """E012 on a field whose path is misspelled, or that closes a cycle, came
+    alone: the other error showed only once it was mended (an outside
+    tester's report).  One check now names them all."""
+    class Pallet(MaintainedModel):
+        total = maintained(models.IntegerField(default=0), Sum("cases__wieght"))
+        copied = maintained(models.IntegerField(default=0), Sum("cases__copy"))
+
+        class Meta:
+            app_label = "expressions"
+
+    class Case(MaintainedModel):
+        pallet = models.ForeignKey(Pallet, related_name="cases", on_delete=models.CASCADE)
+        weight = models.IntegerField(default=0)
+        copy = maintained(models.IntegerField(default=0), F("pallet__copied"))
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Pallet, Case]).errors
+    assert sorted(error.id for error in errors) == [
+        "maintained_fields.E002", "maintained_fields.E004", "maintained_fields.E012", "maintained_fields.E012"
+    ]
+    assert "Did you mean 'cases__weight'?" in next(e.msg for e in errors if e.id == "maintained_fields.E002")
+    cycle = next(e.msg for e in errors if e.id == "maintained_fields.E004")
+    assert "expressions.Case.copy" in cycle and "expressions.Pallet.copied" in cycle
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
