@@ -299,7 +299,14 @@ class Graph:
         if labels is not None:
             labels = set(labels)
             check_labels(labels, self)
-            chosen = [s for s in chosen if s.label in labels]
+            labelled = [s for s in chosen if s.label in labels]
+            if targets and not labelled:
+                raise ValueError(
+                    f"No maintained field of {', '.join(targets)} has the label "
+                    f"{' or '.join(map(repr, sorted(labels)))}: leave out --labels, or name the models "
+                    "whose fields have it."
+                )
+            chosen = labelled
         return chosen
 
 

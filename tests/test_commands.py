@@ -104,6 +104,9 @@ def test_unknown_targets_and_labels_are_clear_errors(db):
         run("rebuild_maintained_fields", "testapp.Smaple")
     with pytest.raises(CommandError, match="No maintained field has the label"):
         run("check_maintained_fields", "--labels", "nope")
+    # A label that exists, on none of the fields of the models named: before, "0 rows", exit 0.
+    with pytest.raises(CommandError, match="No maintained field of testapp.Sample has the label 'weights'"):
+        run("rebuild_maintained_fields", "testapp.Sample", "--labels", "weights")
 
 
 def test_check_json_report(stale):
