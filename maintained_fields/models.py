@@ -46,6 +46,8 @@ class MaintainedModelMixin:
     delete.alters_data = True  # type: ignore[attr-defined]
 
     def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
+        if tracking.RETURNED not in self.__dict__:  # nothing for the INSERT to compute: most inserts
+            return super()._do_insert(manager, using, fields, returning_fields, raw)  # type: ignore[misc]
         return tracking.insert(self, super()._do_insert, manager, using, fields, returning_fields, raw)  # type: ignore[misc,arg-type]
 
 

@@ -56,7 +56,8 @@ _OLD = "_maintained_fields_old"
 _RESOLVED = "_maintained_fields_resolved"
 _CLEARED = "_maintained_fields_cleared"
 _DELETING = "_maintained_fields_deleting"
-_RETURNED = "_maintained_fields_returned"
+# Set on an instance whose INSERT also computes own-row fields (see insert()); read by MaintainedModelMixin._do_insert.
+RETURNED = "_maintained_fields_returned"
 
 
 def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
@@ -153,9 +154,8 @@ def _insert_recorded(
     if _locks_parents_first(using):
         lock_before_write(node, [(instance, None)], using)
     save(**kwargs)
-    labels = scope.labels
-    if not scope.buffer.fill(using, labels, partial(created_records, node, instance, labels, later)):  # type: ignore[union-attr]  # the caller checked
-        dispatch(scope, using, created_records(node, instance, labels, later), (instance,))
+    if not scope.buffer.fill(using, scope.labels, partial(created_records, plan.where, instance, later)):  # type: ignore[union-attr]  # the caller checked
+        dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
 
 
 class InsertPlan(NamedTuple):
@@ -293,7 +293,7 @@ def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, 
            returning_fields: list[Any], raw: bool) -> Any:
     """``Model._do_insert()``, also returning the fields :func:`left_to_insert`
     chose, and setting them on the instance."""
-    specs = instance.__dict__.pop(_RETURNED, None)
+    specs = instance.__dict__.pop(RETURNED, None)
     if not specs:
         return do_insert(manager, using, fields, returning_fields, raw)
     # By position: hashing and comparing fields costs microseconds a save.
@@ -336,17 +336,17 @@ def _save_and_record(
         before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
         for spec in in_insert:
             setattr(instance, spec.field.attname, row_expression(spec, instance, using))
-        instance.__dict__[_RETURNED] = in_insert
+        instance.__dict__[RETURNED] = in_insert
         try:
             save(**kwargs)
         except BaseException:
-            instance.__dict__.pop(_RETURNED, None)
+            instance.__dict__.pop(RETURNED, None)
             instance.__dict__.update(before)
             raise
     else:
         save(**kwargs)
     if not old and (adding or old == {}):
-        records = created_records(node, instance, scope.labels, later)
+        records = created_records(insert_plan(node, scope.labels).where, instance, later)
     else:
         records = records_for(
             node,
@@ -362,15 +362,15 @@ def _save_and_record(
     dispatch(scope, using, records, (instance,))
 
 
-def created_records(node: ModelNode, instance: models.Model, labels: frozenset[str] | None,
+def created_records(where: tuple[tuple[tuple[Dependency, int], str | None], ...], instance: models.Model,
                     later: list[Spec], records: Records | None = None) -> Records:
     """The records for the insert of ``instance``, whose own-row fields save()
     computed, but for ``later``: what :func:`records_for` gives a created row,
-    from the plan of where each value goes (a loader inserts many rows of one
-    model).  Added to ``records`` where given."""
+    from the plan of where each value goes (``InsertPlan.where``; a loader
+    inserts many rows of one model).  Added to ``records`` where given."""
     records = {} if records is None else records
     pk = instance.pk
-    for key, up_link in insert_plan(node, labels).where:
+    for key, up_link in where:
         value = pk if up_link is None else getattr(instance, up_link)
         if value is not None:
             found = records.get(key)
