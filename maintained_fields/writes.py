@@ -314,16 +314,20 @@ def _link_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return [cast("models.Field[Any, Any]", meta.get_field(a)) for a in sorted(get_graph().nodes[model].up_links)]
 
 
-def _updates_returning(model: type[models.Model], specs: Iterable[Spec], connection: Any) -> bool:
+def _updates_returning(model: type[models.Model], specs: Collection[Spec], connection: Any) -> bool:
     """Whether :func:`update_returning` can write ``specs``: own-row
-    expressions, on SQLite with RETURNING (3.35), where the previous values
-    are not wanted (no dry run, no foreign key among the fields), into
-    columns whose stored values SQLite compares as Django does (text,
-    integers, floats: not a decimal Django rounds, nor a date it formats)."""
+    expressions, or one expression the UPDATE can compute (an aggregate of
+    a relation: its statement computes it twice, where a read and a write
+    would take two statements), on SQLite with RETURNING (3.35), where the
+    previous values are not wanted (no dry run, no foreign key among the
+    fields), into columns whose stored values SQLite compares as Django does
+    (text, integers, floats: not a decimal Django rounds, nor a date it formats)."""
     return (
         connection.vendor == "sqlite"
         and all(
-            spec.own_row and spec.expression is not None and not spec.field.is_relation
+            (spec.own_row if len(specs) > 1 else spec.settable("sqlite"))
+            and spec.expression is not None
+            and not spec.field.is_relation
             and isinstance(spec.field, _COMPARED_ALIKE)
             for spec in specs
         )
