@@ -12,7 +12,7 @@ E008      ``maintained_fields`` is not in INSTALLED_APPS
 E009      maintained fields are declared on a proxy model
 E010      the background mode's tasks backend, queue or priority is not usable
 E011      a ``maintained()`` expression aggregates the row's own fields
-E012      a ``maintained()`` expression is NULL over no rows, into a NOT NULL field
+E012      a ``maintained()`` expression can be NULL (over no rows, through a nullable key), into a NOT NULL field
 W001      bulk writes through the default manager are not seen
 W002      reverse foreign key ``add(bulk=True)`` is not seen
 ========  ===============================================================

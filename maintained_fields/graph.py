@@ -624,15 +624,27 @@ def _spec(
             )
             return None
     null_error = None
-    if declaration.expression is not None and not target.null and _may_be_null(declaration.expression):
-        null_error = _error(
-            12,
-            f"{where} is NULL for a row with no related rows ({declaration.expression!r}), "
-            f"and {meta.label}.{target.name} is NOT NULL: writing such a row would fail.",
-            model,
-            "Give the empty case a value, e.g. Coalesce(Max('samples__name'), Value('')) or "
-            "Coalesce(Sum('samples__weight'), 0.0), or make the field null=True.",
-        )
+    if declaration.expression is not None and not target.null:
+        nullable = _copied_null(model, declaration.expression)
+        if nullable is not None:
+            default = target.default if target.has_default() and not callable(target.default) else "..."
+            null_error = _error(
+                12,
+                f"{where} is NULL where {nullable[0]} is ({declaration.expression!r}), and "
+                f"{meta.label}.{target.name} is NOT NULL: writing such a row would fail.",
+                model,
+                f"Give that case a value, e.g. Coalesce(F({nullable[1]!r}), Value({default!r})), "
+                "or make the field null=True.",
+            )
+        elif _may_be_null(declaration.expression):
+            null_error = _error(
+                12,
+                f"{where} is NULL for a row with no related rows ({declaration.expression!r}), "
+                f"and {meta.label}.{target.name} is NOT NULL: writing such a row would fail.",
+                model,
+                "Give the empty case a value, e.g. Coalesce(Max('samples__name'), Value('')) or "
+                "Coalesce(Sum('samples__weight'), 0.0), or make the field null=True.",
+            )
     spec = Spec(
         model, target, method_name, declaration.label, declaration.depends_on, expression=declaration.expression
     )
@@ -694,6 +706,30 @@ def _may_be_null(expression: Any) -> bool:
         return False  # its conditions choose; left to the database
     sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
     return any(_may_be_null(source) for source in sources if source is not None)
+
+
+def _copied_null(model: type[models.Model], expression: Any) -> tuple[str, str] | None:
+    """Where ``expression``, a copy of one value (``F("parent__name")``), can
+    be NULL: the nullable foreign key or column on its path, and the path;
+    else None.  Expressions of several values are left to the database."""
+    while isinstance(expression, (models.ExpressionWrapper, Cast)):
+        expression = expression.get_source_expressions()[0]
+    if not isinstance(expression, models.F):
+        return None
+    current = model
+    parts = expression.name.split("__")  # type: ignore[attr-defined]  # F.name: the stubs omit it
+    for index, part in enumerate(parts):
+        try:
+            field = current._meta.pk if part == "pk" else current._meta.get_field(part)
+        except FieldDoesNotExist:
+            return None  # E002 reports the path
+        if getattr(field, "null", False):
+            return f"{current._meta.label}.{field.name}", expression.name  # type: ignore[attr-defined]
+        if index < len(parts) - 1:
+            if not (field.many_to_one or field.one_to_one) or not field.concrete:
+                return None  # not a copy of one value
+            current = cast(type[models.Model], field.related_model)
+    return None
 
 
 def _is_relation(model: type[models.Model], name: str) -> bool:

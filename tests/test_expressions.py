@@ -244,6 +244,46 @@ def test_an_aggregate_that_is_null_over_no_rows_into_a_not_null_field_is_a_check
 
 
 @isolate_apps("tests.expressions")
+def test_a_copy_through_a_nullable_foreign_key_into_a_not_null_field_is_a_check_error():
+    """Each write of a child without a parent failed with the database's
+    IntegrityError, naming the column, not the expression (an outside
+    tester's report)."""
+    from django.db.models import Value
+    from django.db.models.functions import Coalesce, Upper
+
+    class Owner(MaintainedModel):
+        name = models.CharField(max_length=10)
+        nickname = models.CharField(max_length=10, null=True)
+
+        class Meta:
+            app_label = "expressions"
+
+    class Pet(MaintainedModel):
+        owner = models.ForeignKey(Owner, null=True, on_delete=models.SET_NULL)
+        keeper = models.ForeignKey(Owner, related_name="kept", on_delete=models.CASCADE)
+        owner_name = maintained(models.CharField(max_length=10, default=""), F("owner__name"))
+        keeper_nickname = maintained(models.CharField(max_length=10, default=""), F("keeper__nickname"))
+        keeper_name = maintained(models.CharField(max_length=10, default=""), F("keeper__name"))
+        kept_owner_name = maintained(
+            models.CharField(max_length=10, default=""), Coalesce(F("owner__name"), Value(""))
+        )
+        open_owner_name = maintained(models.CharField(max_length=10, null=True), F("owner__name"))
+        shouted = maintained(models.CharField(max_length=10, default=""), Upper("keeper__name"))
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Owner, Pet]).errors
+    assert [(error.id, error.msg.split("'s maintained()")[0]) for error in errors] == [
+        ("maintained_fields.E012", "expressions.Pet.owner_name"),
+        ("maintained_fields.E012", "expressions.Pet.keeper_nickname"),
+    ]
+    assert "NULL where expressions.Pet.owner is" in errors[0].msg
+    assert "NULL where expressions.Owner.nickname is" in errors[1].msg
+    assert "Coalesce(F('owner__name'), Value(''))" in errors[0].hint
+
+
+@isolate_apps("tests.expressions")
 def test_a_value_null_over_no_rows_hides_no_other_error_of_the_field():
     """E012 on a field whose path is misspelled, or that closes a cycle, came
     alone: the other error showed only once it was mended (an outside
