@@ -557,7 +557,7 @@ def changed_attnames(
     candidates = node.tracked if written is None else node.tracked & written
     if not old:
         return candidates
-    return frozenset(a for a in candidates if a not in old or not same(old[a], getattr(instance, a)))
+    return frozenset(a for a in candidates if a not in old or not same(old[a], getattr(instance, a), ordered=True))
 
 
 _loading_fixtures: ContextVar[bool] = ContextVar("maintained_fields_loading_fixtures", default=False)

@@ -82,21 +82,32 @@ def normalize(spec: Spec, value: Any) -> Any:
     return value
 
 
-def same(stored: Any, computed: Any) -> bool:
+def same(stored: Any, computed: Any, ordered: bool = False) -> bool:
     """Whether a column holding ``stored`` already holds ``computed``: equal,
     and, for numbers, of one kind (bool, int or float), at any depth of a
     JSON value, since Python's ``True == 1 == 1.0`` are three values in a
-    JSON column."""
+    JSON column; NaN is NaN.  With ``ordered``, a JSON object's keys also in
+    the same order, as a JSON column stored as text keeps them (a write that
+    only reorders them changes what reads the text)."""
     if stored is computed:
         return True
     if isinstance(stored, dict):
-        return isinstance(computed, dict) and stored.keys() == computed.keys() and all(
-            same(value, computed[key]) for key, value in stored.items()
+        return (
+            isinstance(computed, dict)
+            and (list(stored) == list(computed) if ordered else stored.keys() == computed.keys())
+            and all(same(value, computed[key], ordered) for key, value in stored.items())
         )
     if isinstance(stored, (list, tuple)):
-        return isinstance(computed, (list, tuple)) and len(stored) == len(computed) and all(map(same, stored, computed))
-    if isinstance(stored, _NUMBERS) and isinstance(computed, _NUMBERS) and type(stored) is not type(computed):
-        return False
+        return (
+            isinstance(computed, (list, tuple))
+            and len(stored) == len(computed)
+            and all(same(a, b, ordered) for a, b in zip(stored, computed))
+        )
+    if isinstance(stored, _NUMBERS) and isinstance(computed, _NUMBERS):
+        if type(stored) is not type(computed):
+            return False
+        if stored != stored:  # NaN, which equals nothing
+            return bool(computed != computed)
     return bool(stored == computed)
 
 

@@ -112,3 +112,20 @@ def test_a_json_value_changed_to_one_python_calls_equal_is_written(mode):
     with pytest.raises(CommandError, match="1 maintained value"):
         call_command("check_maintained_fields", "columns.Crate", stdout=out)
     assert "payloads" in out.getvalue()
+
+
+@pytest.mark.parametrize("write", ["save", "bulk_update"])
+def test_a_json_object_whose_keys_only_change_order_reaches_what_reads_the_order(write):
+    """Python calls {"a": 1, "b": 2} and {"b": 2, "a": 1} equal; SQLite and
+    MariaDB keep the order written, and a method reading it must see the
+    change (an outside tester's report).  PostgreSQL's jsonb orders keys its
+    own way: there the order is the database's, before and after."""
+    crate = Crate.objects.create()
+    parcel = Parcel.objects.create(crate=crate, payload={"a": 1, "b": 2})
+    parcel.payload = {"b": 2, "a": 1}
+    if write == "save":
+        parcel.save()
+    else:
+        Parcel.objects.bulk_update([parcel], ["payload"])
+    stored = Parcel.objects.values_list("payload", flat=True).get()
+    assert Crate.objects.values_list("first_keys", flat=True).get() == next(iter(stored))

@@ -7,11 +7,12 @@ from the row itself."""
 import datetime
 import io
 import json
+import math
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from maintained_fields import maintained_values_written, override_autoupdate
@@ -263,3 +264,28 @@ def test_values_written_as_query_expressions_are_read_from_the_row_once_written(
     }
     for row in rows:
         assert {name: row[name] for name in ("scaled", "state", "formula")} == expected_reading(row)
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite stores NaN as NULL, and MariaDB refuses it (Django's error)"
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_nan_stored_is_no_drift(mode):
+    """NaN equals nothing in Python, so the check reported it as drift
+    forever and every rebuild wrote it again (an outside tester's report)."""
+    with override_autoupdate(mode=mode):
+        reading = Reading.objects.create(value=float("nan"), factor=2.0)
+    assert math.isnan(Reading.objects.values_list("scaled", flat=True).get(pk=reading.pk))
+    assert stale() == []
+    written = []
+
+    def receiver(sender, pks, fields, **kwargs):
+        written.append((sender, pks, fields))
+
+    maintained_values_written.connect(receiver)
+    try:
+        call_command("rebuild_maintained_fields", "ownrow.Reading", "--verbosity", "0")
+        Reading.objects.filter(pk=reading.pk).update(value=float("nan"))
+    finally:
+        maintained_values_written.disconnect(receiver)
+    assert written == []

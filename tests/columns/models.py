@@ -59,10 +59,17 @@ class Crate(MaintainedModel):
 
     meta = models.JSONField(null=True)
     payloads = models.JSONField(default=list)
+    first_keys = models.CharField(max_length=50, default="")
 
     @maintained_field("payloads", depends_on=["parcels__payload"])
     def compute_payloads(self) -> list[object]:
         return list(self.parcels.order_by("pk").values_list("payload", flat=True))
+
+    @maintained_field("first_keys", depends_on=["parcels__payload"])
+    def compute_first_keys(self) -> str:
+        """What reads the order of an object's keys, as a JSON column stored as text keeps it."""
+        payloads = self.parcels.order_by("pk").values_list("payload", flat=True)
+        return ",".join(next(iter(payload)) for payload in payloads if isinstance(payload, dict) and payload)
 
 
 class Parcel(MaintainedModel):
