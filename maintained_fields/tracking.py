@@ -950,10 +950,13 @@ def _uid(sender: type[models.Model]) -> str:
     return f"maintained_fields:{sender._meta.label}"
 
 
-def mark_changed(objects: models.QuerySet[Any] | Iterable[models.Model], *, using: str | None = None) -> None:
+def mark_changed(
+    objects: models.QuerySet[Any] | Iterable[models.Model] | models.Model, *, using: str | None = None
+) -> None:
     """Tell the library that rows changed where it could not see (raw SQL, other programs).
 
-    ``objects`` is a QuerySet or model instances, of one model or several.
+    ``objects`` is a QuerySet, a model instance, or model instances of one
+    model or several.
     The rows' maintained fields and everything that depends on them are
     recomputed as the mode in force says (at once, at the end of a deferred
     scope, or not at all).  Where a row leads (its parents) is read from the
@@ -967,6 +970,8 @@ def mark_changed(objects: models.QuerySet[Any] | Iterable[models.Model], *, usin
             f"mark_changed() takes a QuerySet or model instances, not {objects!r}: "
             "pass Model.objects.all() or a filtered QuerySet."
         )
+    if isinstance(objects, models.Model):
+        objects = [objects]
     if not isinstance(objects, (models.QuerySet, Iterable)) or isinstance(objects, (str, bytes)):
         raise TypeError(f"mark_changed() takes a QuerySet or model instances, not {objects!r}.")
     scope = modes.current_scope()

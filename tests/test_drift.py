@@ -398,6 +398,16 @@ def test_the_same_instances_marked_before_and_after_a_raw_move_lead_to_both_shel
     assert dict(Shelf.objects.values_list("pk", "box_count")) == counts
 
 
+def test_mark_changed_takes_one_instance(db):
+    # It said it takes "model instances, not <Box: Box object (1)>" (an outside tester's report).
+    shelf = Shelf.objects.create(name="a")
+    box = Box.objects.create(shelf=shelf)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Shelf._meta.db_table} SET box_count = 7")
+    mark_changed(box)
+    assert Shelf.objects.get().box_count == 1
+
+
 def test_mark_changed_refuses_unsaved_rows(db):
     with pytest.raises(ValueError, match="not saved: save it first"):
         mark_changed([Shelf(name="new")])
