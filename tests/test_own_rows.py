@@ -11,7 +11,7 @@ import math
 from decimal import Decimal
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -289,3 +289,25 @@ def test_a_nan_stored_is_no_drift(mode):
     finally:
         maintained_values_written.disconnect(receiver)
     assert written == []
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite stores NaN as NULL, and MariaDB refuses it (Django's error)"
+)
+def test_the_json_report_of_a_stale_nan_is_strict_json():
+    """``--format json`` printed a bare NaN, which strict JSON readers refuse
+    (an outside tester's report)."""
+    reading = Reading.objects.create(value=float("nan"), factor=2.0)
+    with override_autoupdate(mode="disabled"):
+        Reading.objects.filter(pk=reading.pk).update(value=1.5)
+    out = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("check_maintained_fields", "ownrow.Reading", "--format", "json", stdout=out)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    report = json.loads(out.getvalue(), parse_constant=refuse)
+    assert {(entry["field"], entry["stored"], entry["computed"]) for entry in report["drift"]} >= {
+        ("scaled", "NaN", 3.0)
+    }

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -57,7 +58,8 @@ class Command(BaseCommand):
         else:
             drift = self._compare(targets, labels, database, batch_size or get_config()["BATCH_SIZE"], format)
         if format == "json":
-            self.stdout.write(json.dumps({"drift": drift, "count": len(drift)}, cls=DjangoJSONEncoder, indent=2))
+            report = {"drift": _strict(drift), "count": len(drift)}
+            self.stdout.write(json.dumps(report, cls=DjangoJSONEncoder, indent=2, allow_nan=False))
         if drift:
             pending = (
                 " The default mode is 'background': values whose tasks have not run yet show "
@@ -86,3 +88,15 @@ class Command(BaseCommand):
                         if format == "text":
                             self.stdout.write(drift_line(found))
         return drift
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with each NaN or infinite float, which JSON has no number
+    for, as a string ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
