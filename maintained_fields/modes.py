@@ -69,10 +69,7 @@ def get_autoupdate_mode() -> str:
 
     In a task or thread that outlives the deferred scope it started in, the
     mode is ``"immediate"``: its writes are maintained at once."""
-    scopes = _scopes.get()
-    if not scopes:
-        return get_config()["DEFAULT_MODE"]  # type: ignore[no-any-return]
-    scope = scopes[-1]
+    scope = current_scope()
     if scope.mode == DEFERRED and scope.buffer is not None and scope.buffer.closed:
         return IMMEDIATE
     return scope.mode
