@@ -1062,14 +1062,22 @@ _held_back: ContextVar[list[tuple[Any, ...]] | None] = ContextVar("maintained_fi
 def announced_at_the_end(hold: bool = True) -> Iterator[None]:
     """With ``hold``, send ``maintained_values_written`` for the writes of the
     block when it ends without an error, and not at all when it fails: the
-    block's writes are then rolled back and done again."""
+    block's writes are then rolled back and done again.  What a dry run
+    reports of the block's writes is likewise forgotten when it fails."""
     if not hold:
         yield
         return
     held: list[tuple[Any, ...]] = []
     token = _held_back.set(held)
+    changes = _dry_run.get()
+    before = None if changes is None else {key: list(values) for key, values in changes.items()}
     try:
         yield
+    except BaseException:
+        if changes is not None and before is not None:
+            changes.clear()
+            changes.update(before)
+        raise
     finally:
         _held_back.reset(token)
     for announcement in held:
