@@ -279,7 +279,7 @@ class Graph:
     moved_on_delete: dict[type[models.Model], tuple[models.ForeignKey[Any, Any], ...]] = field(default_factory=dict)
 
     def node(self, model: type[models.Model]) -> ModelNode | None:
-        return self.nodes.get(cast(type[models.Model], model._meta.concrete_model))
+        return self.nodes.get(model._meta.concrete_model)  # type: ignore[arg-type]  # a model's, never None
 
     def select(self, targets: Iterable[str] = (), labels: Iterable[str] | None = None) -> list[Spec]:
         """The specs of the models named ``app_label`` or ``app_label.Model``, in order.

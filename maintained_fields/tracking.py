@@ -369,9 +369,14 @@ def created_records(where: tuple[tuple[tuple[Dependency, int], str | None], ...]
     from the plan of where each value goes (``InsertPlan.where``; a loader
     inserts many rows of one model).  Added to ``records`` where given."""
     records = {} if records is None else records
+    # A new instance holds its values in __dict__; a loader inserts thousands.
+    values = instance.__dict__
     pk = instance.pk
     for key, up_link in where:
-        value = pk if up_link is None else getattr(instance, up_link)
+        if up_link is None:
+            value = pk
+        else:
+            value = values[up_link] if up_link in values else getattr(instance, up_link)
         if value is not None:
             found = records.get(key)
             if found is None:
@@ -527,11 +532,13 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
 def _locks_parents_first(using: str) -> bool:
     """Whether a write here must lock the rows it leads to recompute before it
     writes: on MySQL and MariaDB, inside a transaction, with LOCK_ROWS."""
-    return (
-        feature(using, "has_select_for_update")
-        and not feature(using, "has_select_for_no_key_update")
-        and locking(using)
-    )
+    try:
+        first = _features[using, "locks_parents_first"]
+    except KeyError:
+        first = _features[using, "locks_parents_first"] = feature(using, "has_select_for_update") and not feature(
+            using, "has_select_for_no_key_update"
+        )
+    return first and locking(using)
 
 
 def feature(using: str, name: str) -> Any:
