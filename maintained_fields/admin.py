@@ -9,6 +9,7 @@ from django.http import HttpRequest
 
 from .graph import get_graph
 from .propagation import process, recompute_records
+from .writes import keys
 
 
 @admin.action(description="Recompute maintained fields of the selected %(verbose_name_plural)s", permissions=["change"])
@@ -17,7 +18,7 @@ def recompute_maintained_fields(
 ) -> None:
     node = get_graph().node(queryset.model)
     specs = (*node.own_row, *node.related) if node else ()
-    pks = list(queryset.values_list("pk", flat=True))
+    pks = list(keys(queryset.model, queryset.values_list("pk", flat=True)))
     process(queryset.db, None, recompute_records(specs, pks))
     modeladmin.message_user(
         request,

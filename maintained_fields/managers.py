@@ -34,7 +34,7 @@ from .tracking import (
     reaches_first,
     tracked_before,
 )
-from .writes import chunks, locking
+from .writes import chunks, key_of, locking
 from .writes import lock as _lock
 
 
@@ -77,13 +77,13 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             columns = ("pk", *((node.tracked & written) | node.up_links))
             new = _plain(node, kwargs)
             if reaches_first(node, scope, written, self.db):
-                rows = [(SimpleNamespace(**{**old, **new}), old) for old in reading.values(*columns)]
+                rows = [(SimpleNamespace(**{**old, **new}), old) for old in _values(reading, columns)]
                 found: models.QuerySet[Any] = models.QuerySet(self.model, using=self.db).filter(
                     pk__in=[old["pk"] for _, old in rows]
                 )
 
                 def reread() -> list[tuple[Any, dict[str, Any]]]:
-                    return [(SimpleNamespace(**{**old, **new}), old) for old in found.values(*columns)]
+                    return [(SimpleNamespace(**{**old, **new}), old) for old in _values(found, columns)]
 
                 lock_reach_first(node, scope, rows, written, self.db, changed=written, reread=reread)
             if locking(self.db) and not reading.query.select_for_update:
@@ -91,7 +91,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 # scan order), with the values they hold under the lock.
                 reading = _lock(models.QuerySet(self.model, using=self.db).filter(pk__in=reading.values("pk")))
                 reading = reading.order_by("pk")
-            before = {row["pk"]: row for row in reading.values(*columns)}
+            before = {row["pk"]: row for row in _values(reading, columns)}
             lock_before_write(node, [(SimpleNamespace(**{**old, **new}), old) for old in before.values()], self.db)
             if locking(self.db) and not self.query.is_sliced:
                 # Only the rows locked and read: one that met the filter since
@@ -239,10 +239,8 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 condition = Q()
                 for key in batch:
                     condition |= Q(**dict(zip(attnames, key)))
-                found: models.QuerySet[Any] = (
-                    models.QuerySet(self.model, using=self.db).filter(condition).values("pk", *node.tracked)
-                )
-                rows.update((row["pk"], row) for row in found)
+                found: models.QuerySet[Any] = models.QuerySet(self.model, using=self.db).filter(condition)
+                rows.update((row["pk"], row) for row in _values(found, ("pk", *node.tracked)))
         return rows
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]
@@ -356,7 +354,7 @@ def _rows(
         found: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(pk__in=batch)
         if locked:
             found = _lock(found.order_by("pk"))
-        for row in found.values("pk", *attnames):
+        for row in _values(found, ("pk", *attnames)):
             rows[row["pk"]] = row
     return rows
 
@@ -371,3 +369,13 @@ def _overwritten(node: ModelNode, scope: modes.Scope, written: frozenset[str]) -
         if (scope.labels is None or spec.label in scope.labels)
         and (spec.field.attname in written or (spec.own_row and not spec.deps))
     ]
+
+
+def _values(rows: models.QuerySet[Any], columns: Iterable[str]) -> Iterable[dict[str, Any]]:
+    """``rows.values(*columns)``, ``columns`` led by "pk", each key as the
+    model's instances hold it (see :func:`writes.keys`)."""
+    found = rows.values(*columns)
+    key = key_of(rows.model)
+    if key is None:
+        return found
+    return [{**row, "pk": key(row["pk"])} for row in found]

@@ -40,6 +40,8 @@ from .writes import (
     announced_at_the_end,
     chunks,
     evaluate_in_memory,
+    key_of,
+    keys,
     lock_rows,
     locking,
     normalize,
@@ -729,7 +731,7 @@ def _pre_delete(
             **{foreign_key.attname: getattr(instance, foreign_key.target_field.attname)}
         )
         pending.moved.setdefault(cast(type[models.Model], foreign_key.model._meta.concrete_model), set()).update(
-            children.values_list("pk", flat=True)
+            keys(children.model, children.values_list("pk", flat=True))
         )
 
 
@@ -800,7 +802,7 @@ def delete_queryset(
             # Django reads the rows before it deletes them: a row moved by a
             # writer that commits meanwhile would be read where it was.  Locked
             # first, the rows are read where they are.
-            pks = set(queryset.values_list("pk", flat=True))
+            pks = set(keys(node.model, queryset.values_list("pk", flat=True)))
             lock_rows(node.model, db, pks, get_config()["BATCH_SIZE"])
         edges = [
             (dep, hop)
@@ -810,7 +812,7 @@ def delete_queryset(
         if not edges:
             return delete()
         if pks is None:
-            pks = set(queryset.values_list("pk", flat=True))
+            pks = set(keys(node.model, queryset.values_list("pk", flat=True)))
         records: Records = {}
         for dep, hop in edges:
             targets = resolve(dep, hop.index, pks, db)
@@ -1016,7 +1018,8 @@ def _as_stored(node: ModelNode, db: str, instances: list[models.Model]) -> list[
         found: models.QuerySet[Any, dict[str, Any]] = (
             models.QuerySet(node.model, using=db).filter(pk__in=batch).values(*_marked_columns(node))
         )
-        stored.update((row["pk"], SimpleNamespace(**row)) for row in found)
+        key = key_of(node.model)
+        stored.update(((row["pk"] if key is None else key(row["pk"])), SimpleNamespace(**row)) for row in found)
     return [stored.get(instance.pk, instance) for instance in instances]
 
 

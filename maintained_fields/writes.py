@@ -36,6 +36,25 @@ def composite(model: type[models.Model]) -> bool:
     return hasattr(model._meta.pk, "fields")
 
 
+def keys(model: type[models.Model], read: Iterable[Any]) -> Iterable[Any]:
+    """Primary keys ``read`` with ``values_list("pk", flat=True)``, as the
+    model's instances hold them.  Django (5.2, 6.0) leaves the columns of a
+    composite key unconverted where one is a foreign key: a UUID stays
+    text on SQLite and MariaDB."""
+    if not composite(model):
+        return read
+    fields = model._meta.pk.fields  # type: ignore[attr-defined]  # a CompositePrimaryKey's
+    return [tuple(field.to_python(value) for field, value in zip(fields, key)) for key in read]
+
+
+def key_of(model: type[models.Model]) -> Callable[[Any], Any] | None:
+    """What :func:`keys` does to one key, or None where nothing need be done."""
+    if not composite(model):
+        return None
+    fields = model._meta.pk.fields  # type: ignore[attr-defined]  # a CompositePrimaryKey's
+    return lambda key: tuple(field.to_python(value) for field, value in zip(fields, key))
+
+
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
@@ -180,9 +199,9 @@ def resolve(dep: Dependency, index: int, pks: Collection[Any], db: str, size: in
     found: set[Any] = set()
     for batch in chunks(pks, size or get_config()["BATCH_SIZE"]):
         found.update(
-            models.QuerySet(dep.spec.model, using=db)
-            .filter(**{lookup: batch})
-            .values_list("pk", flat=True)
+            keys(dep.spec.model, models.QuerySet(dep.spec.model, using=db).filter(**{lookup: batch}).values_list(
+                "pk", flat=True
+            ))
         )
     return found
 
@@ -556,7 +575,7 @@ def forward_reads(
     ``pks`` of ``model``, by model, read now without locks."""
     found: dict[type[models.Model], set[Any]] = {}
     for parent, rows in _forward_rows(model, db, pks, specs):
-        found.setdefault(parent, set()).update(rows.values_list("pk", flat=True))
+        found.setdefault(parent, set()).update(keys(parent, rows.values_list("pk", flat=True)))
     return found
 
 
@@ -696,7 +715,13 @@ def fetch(
     and run again with other keys (the last parameters of ``pk__in``).
     """
     if composite(model):  # the key is several columns: the ORM gives it back as one tuple
-        return [list(row) for row in query(pks)]
+        selected = query(pks)
+        rows = [list(row) for row in selected]
+        convert = key_of(model)
+        if convert is not None and selected.query.values_select[:1] == ("pk",):
+            for row in rows:
+                row[0] = convert(row[0])
+        return rows
     connection = connections[db]
     sql, params, converters = _keyed(key, model, db, pks, partial(_select, query, statement, db))
     with connection.cursor() as cursor:

@@ -2,14 +2,15 @@
 must hold is counted here from the rows.  Found by an outside tester: every
 mode failed on them (a single-row UPDATE built for one key column)."""
 
+import io
 import json
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from maintained_fields import override_autoupdate
 from maintained_fields.conf import tasks_framework
-from tests.composite.models import Basket, BasketItem, Cart, CartItem
+from tests.composite.models import Basket, BasketItem, Cart, CartItem, Crate, Slot
 
 MODES = ["immediate", "deferred", "background"]
 
@@ -42,6 +43,7 @@ def wrong():
             found.append((basket.pk, basket.qty_total, basket.item_count, expected))
     found += [(i.pk, i.code) for i in BasketItem.objects.all() if i.code != i.sku.upper()]
     found += [(i.pk, i.cart_name) for i in CartItem.objects.select_related("cart") if i.cart_name != i.cart.name]
+    found += [(s.pk, s.crate_code) for s in Slot.objects.select_related("crate") if s.crate_code != s.crate.code]
     return found
 
 
@@ -85,6 +87,25 @@ def test_an_update_that_changes_the_key(mode, run):
 
     run(mode, work)
     assert BasketItem.objects.get(basket=basket, n=9).code == "S1"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_key_whose_foreign_key_is_a_uuid(mode, run):
+    """Found by an outside tester: on SQLite and MariaDB, Django reads such
+    a key with values_list("pk") as text, and every write that reached the
+    slots, the rebuild and the deep check failed with a KeyError."""
+    crate = Crate.objects.create(code="C1")
+    run(mode, lambda: [Slot.objects.create(crate=crate, pos=n) for n in (1, 2)])
+    run(mode, lambda: Crate.objects.filter(pk=crate.pk).update(code="C2"))
+    crate.code = "C3"
+    run(mode, crate.save)
+    assert sorted(Slot.objects.values_list("crate_code", flat=True)) == ["C3", "C3"]
+    with override_autoupdate(mode="disabled"):
+        Crate.objects.filter(pk=crate.pk).update(code="C4")
+    with pytest.raises(CommandError):
+        call_command("check_maintained_fields", "composite.Slot", "--deep", stdout=io.StringIO())
+    call_command("rebuild_maintained_fields", "composite.Slot", "--verbosity", "0")
+    assert wrong() == []
 
 
 def test_a_rebuild_repairs_them(db):

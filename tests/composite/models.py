@@ -1,9 +1,12 @@
 """Children whose primary key is composite (it includes the foreign key), one
 relation kind each: an aggregate over them, an own-row expression on them,
-a method reading their parent through the key's foreign key."""
+a method reading their parent through the key's foreign key, an expression
+copying a parent keyed by a UUID (which SQLite and MariaDB store as text)."""
+
+import uuid
 
 from django.db import models
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 from django.db.models.functions import Coalesce, Upper
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
@@ -37,3 +40,15 @@ class CartItem(MaintainedModel):
     @maintained_field("cart_name", depends_on=["cart__name"])
     def compute_cart_name(self):
         return self.cart.name
+
+
+class Crate(MaintainedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    code = models.CharField(max_length=20, default="")
+
+
+class Slot(MaintainedModel):
+    pk = models.CompositePrimaryKey("crate", "pos")
+    crate = models.ForeignKey(Crate, related_name="slots", on_delete=models.CASCADE)
+    pos = models.IntegerField()
+    crate_code = maintained(models.CharField(max_length=20, default=""), F("crate__code"))

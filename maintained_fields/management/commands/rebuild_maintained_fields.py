@@ -14,7 +14,7 @@ from ...conf import get_config
 from ...graph import Spec, get_graph
 from ...propagation import Records, merge, process, records_for
 from ...writes import dry_run as rolled_back
-from ...writes import lock, locking, recompute
+from ...writes import keys, lock, locking, recompute
 from ._selection import add_selection_arguments, drift_entry, drift_line, selected_groups
 
 logger = logging.getLogger("maintained_fields")
@@ -121,7 +121,7 @@ def rebuild(
                         page = pks.order_by("pk") if last is None else pks.order_by("pk").filter(pk__gt=last)
                         if locking(database):
                             page = lock(page)
-                        batch = list(page[:size])
+                        batch = list(keys(model, page[:size]))
                         if not batch:
                             break
                         changed += _rebuild(database, label_filter, specs, batch, size, selected, downstream)
