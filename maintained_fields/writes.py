@@ -284,7 +284,7 @@ def update_from_select(
 ) -> Any:
     """PostgreSQL: recompute the expression ``specs`` on the rows ``pks`` and
     write the values that changed, in one statement, compiled once per shape:
-    ``UPDATE ... FROM (SELECT the values) ... RETURNING`` the changed rows'
+    ``WITH (SELECT the values) UPDATE ... RETURNING`` the changed rows'
     keys, links and new values, with their previous values.  Returns what
     :func:`recompute` returns, each row a namespace; without ``returning``,
     only how many rows changed.
@@ -313,8 +313,11 @@ def update_from_select(
         differs = " OR ".join(f"{row}.{column} IS DISTINCT FROM {new}.{name}" for column, name in zip(columns, news))
         returned = [meta.pk, *links, *(spec.field for spec in specs)]
         back = ", ".join([*(f"{row}.{quote(field.column)}" for field in returned), *(f"{new}.{o}" for o in olds)])
+        # Materialized, the values are computed once: a subquery in FROM is
+        # pulled up, each aggregate planned and run in SET and in WHERE.
         update = (
-            f"UPDATE {quote(meta.db_table)} AS {row} SET {sets} FROM ({sql}) AS {new} (pk, {', '.join(olds + news)}) "
+            f"WITH {new} (pk, {', '.join(olds + news)}) AS MATERIALIZED ({sql}) "
+            f"UPDATE {quote(meta.db_table)} AS {row} SET {sets} FROM {new} "
             f"WHERE {row}.{quote(meta.pk.column)} = {new}.pk AND ({differs})"
         )
         if not returning:
