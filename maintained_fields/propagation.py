@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
@@ -26,6 +27,7 @@ from . import modes
 from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
 from .writes import (
+    Carrier,
     Targets,
     announced_at_the_end,
     chunks,
@@ -98,11 +100,13 @@ def process(
             savepoint = connection.savepoint() if gives_back else None
             try:
                 # Nothing is announced of an attempt that is rolled back.
-                with announced_at_the_end(gives_back or own_transaction):
+                nowait = own_transaction or (gives_back and attempt < attempts - 1)
+                # Where a lock may be refused, the statement that fails must be the lock.
+                carrying = nullcontext() if nowait else Carrier.carrying(db)
+                with announced_at_the_end(gives_back or own_transaction), carrying as carrier:
                     recomputed, written = _recompute_all(
                         graph, db, labels, records, instances, batch_size, up_front,
-                        nowait=own_transaction or (gives_back and attempt < attempts - 1),
-                        gives_back=gives_back,
+                        nowait=nowait, gives_back=gives_back, carrier=carrier,
                     )
             except _LateRows as late:
                 connection.savepoint_rollback(cast(str, savepoint))
@@ -153,6 +157,7 @@ def _recompute_all(
     up_front: dict[type[models.Model], set[Any]],
     nowait: bool,
     gives_back: bool,
+    carrier: Carrier | None = None,
 ) -> tuple[dict[str, set[Any]], int]:
     """The work of :func:`process`, in its transaction: lock ``up_front``,
     then the reach, then recompute group by group.  Returns the rows
@@ -160,7 +165,8 @@ def _recompute_all(
 
     With ``nowait``, a row locked late that another transaction holds
     raises DatabaseError, or with ``gives_back`` :class:`_LateRows` (the
-    caller gives the locks back and calls again).
+    caller gives the locks back and calls again).  A ``carrier`` takes the
+    reach's last locks, whose results nothing reads, to the statement after them.
     """
     pending: Records = {}
     merge(pending, records)
@@ -179,7 +185,9 @@ def _recompute_all(
     known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
     locked: dict[type[models.Model], set[Any]] | None = None
     if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-        locked = _lock_reach(graph, known, labels, db, batch_size, resolved, nowait=bool(up_front) and nowait)
+        locked = _lock_reach(
+            graph, known, labels, db, batch_size, resolved, nowait=bool(up_front) and nowait, carrier=carrier
+        )
         for model, rows in up_front.items():
             locked.setdefault(model, set()).update(rows)
     for (model, specs), targets in zip(graph.order, known):
@@ -394,15 +402,17 @@ def _lock_reach(
     size: int | None,
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
     nowait: bool = False,
+    carrier: Carrier | None = None,
 ) -> dict[type[models.Model], set[Any]]:
     """Lock the rows the work may recompute (:func:`_walk_reach`); return them by model.
 
     The rows of ``graph.walk_locks`` are locked by the query that reads
     their links, as the walk meets them; the others after it, model by
-    model in ``graph.model_order``.  With ``nowait``, a row another
-    transaction holds raises :class:`_LateRows`.
+    model in ``graph.model_order``, by statements that a ``carrier`` sends
+    with the next one (but with ``nowait``: a row another transaction holds
+    then raises :class:`_LateRows`, which must come from the lock itself).
     """
-    reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True, nowait=nowait)
+    reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True, nowait=nowait, carrier=carrier)
     locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
     rest = [set() if model in graph.walk_locks else rows for (model, _), rows in zip(graph.order, reach)]
     by_model: dict[type[models.Model], set[Any]] = {}
@@ -410,7 +420,10 @@ def _lock_reach(
         if rows:
             by_model.setdefault(model, set()).update(rows)
     try:
-        _lock_in_order(graph, by_model, db, size or get_config()["BATCH_SIZE"], nowait=nowait)
+        _lock_in_order(
+            graph, by_model, db, size or get_config()["BATCH_SIZE"], nowait=nowait,
+            carried=None if nowait else carrier,
+        )
     except DatabaseError:
         if not nowait:
             raise
@@ -428,10 +441,12 @@ def _walk_reach(
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
     lock: bool,
     nowait: bool = False,
+    carrier: Carrier | None = None,
 ) -> list[set[Any]]:
     """Per group of ``graph.order``, the rows ``known`` and the rows
     downstream of them, as if every value the work recomputes changed; with
-    ``lock``, the rows of ``graph.walk_locks`` locked as they are read.
+    ``lock``, the rows of ``graph.walk_locks`` locked as they are read (by
+    a statement the ``carrier`` takes to the next, where nothing is read).
 
     A row counts as changing the fields it is recomputed for, not every
     field of its group, as :func:`process` recomputes it: a study reached
@@ -457,6 +472,9 @@ def _walk_reach(
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & every)
         ]
+        if locks and carrier is not None and not nowait and not links and not _leads_on(node, every, labels):
+            lock_rows(model, db, rows, size or get_config()["BATCH_SIZE"], carried=carrier)
+            continue
         try:
             linked = rows_with_links(model, db, rows, links, size, lock=locks, nowait=nowait)
         except DatabaseError:
@@ -498,10 +516,10 @@ def rows_with_links(
 
 
 def _lock_in_order(graph: Graph, by_model: dict[type[models.Model], set[Any]], db: str, size: int,
-                   nowait: bool = False, exclusive: bool = False) -> None:
+                   nowait: bool = False, exclusive: bool = False, carried: Carrier | None = None) -> None:
     """Lock the rows ``by_model``, model by model in ``graph.model_order``."""
     for model in sorted(by_model, key=graph.model_order.__getitem__):
-        lock_rows(model, db, by_model[model], size, nowait=nowait, exclusive=exclusive)
+        lock_rows(model, db, by_model[model], size, nowait=nowait, exclusive=exclusive, carried=carried)
 
 
 def _lock_late(

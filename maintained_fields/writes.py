@@ -527,14 +527,92 @@ def lock_rows(
     field: str = "pk",
     nowait: bool = False,
     exclusive: bool = False,
+    carried: Carrier | None = None,
 ) -> None:
-    """Lock the rows of ``model`` whose ``field`` is in ``pks`` now, in
-    primary-key order, ``size`` at a time.  With ``nowait``, a row locked by
+    """Lock the rows of ``model`` whose ``field`` is in ``pks``, in
+    primary-key order, ``size`` at a time: now, or with ``carried``, in front
+    of the next statement run on ``db``.  With ``nowait``, a row locked by
     another transaction raises DatabaseError at once; see :func:`lock` for
     ``exclusive``."""
-    for batch in chunks(sorted(pks), size):
+    def query(batch: list[Any]) -> models.QuerySet[Any]:
         rows: models.QuerySet[Any] = models.QuerySet(model, using=db).filter(**{f"{field}__in": batch}).order_by("pk")
-        list(lock(rows, nowait, exclusive).values_list("pk"))
+        return lock(rows, nowait, exclusive).values_list("pk")
+
+    for batch in chunks(sorted(pks), size):
+        if field != "pk" or composite(model):
+            list(query(batch))
+            continue
+        sql, params, _ = _keyed(("lock", model, nowait, exclusive), model, db, batch, partial(_select, query, None, db))
+        if carried is None:
+            with connections[db].cursor() as cursor:
+                cursor.execute(sql, params)
+        else:
+            carried.add(sql, params)
+
+
+class Carrier:
+    """Statements whose results nothing reads (the locks of the last rows of
+    a reach), sent with the next statement run on the connection, in one
+    round trip and in the order they were made: PostgreSQL runs the
+    statements of one message in turn, each with a snapshot of its own.
+
+    Used as an execute wrapper (:meth:`carrying`), on psycopg 3 with
+    parameters bound client-side, Django's default: server-side binding
+    takes one statement per message.  A statement run without parameters,
+    or with ``executemany()``, goes alone, after the carried ones.
+    """
+
+    def __init__(self, db: str) -> None:
+        self.db, self.pending = db, cast("list[tuple[str, Any]]", [])
+
+    def add(self, sql: str, params: Any) -> None:
+        self.pending.append((sql, list(params)))
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if not self.pending:
+            return execute(sql, params, many, context)
+        pending, self.pending = self.pending, []
+        if many or params is None:
+            execute("; ".join(carried for carried, _ in pending), [p for _, ps in pending for p in ps], False, context)
+            return execute(sql, params, many, context)
+        result = execute(
+            "; ".join([*(carried for carried, _ in pending), sql]),
+            [*(p for _, ps in pending for p in ps), *params],
+            False,
+            context,
+        )
+        for _ in pending:
+            context["cursor"].nextset()  # past each carried statement's result, to the caller's
+        return result
+
+    def send(self) -> None:
+        """Run what is still carried, now."""
+        pending, self.pending = self.pending, []
+        if pending:
+            with connections[self.db].cursor() as cursor:
+                cursor.execute("; ".join(sql for sql, _ in pending), [p for _, ps in pending for p in ps])
+
+    @classmethod
+    @contextmanager
+    def carrying(cls, db: str) -> Iterator[Carrier | None]:
+        """A carrier for the block's statements on ``db``, where the
+        connection can send several statements in one message; None where
+        it cannot.  What is still carried when the block ends without an
+        error is sent then."""
+        connection = connections[db]
+        if connection.vendor != "postgresql" or not _binds_client_side(connection):
+            yield None
+            return
+        carrier = cls(db)
+        with connection.execute_wrapper(carrier):
+            yield carrier
+            carrier.send()
+
+
+def _binds_client_side(connection: Any) -> bool:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3) and connection.settings_dict["OPTIONS"].get("server_side_binding") is not True
 
 
 def share_lock_read(
