@@ -434,3 +434,36 @@ def test_racks_and_tubes_moved_at_once_never_deadlock():
         assert site.tube_count == Tube.objects.filter(rack__site=site).count(), site.name
     for tube in Tube.objects.select_related("rack__site"):
         assert tube.site_name == tube.rack.site.name
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the locks sent with the next statement are PostgreSQL's")
+def test_a_row_the_work_may_reach_is_locked_though_its_value_stays():
+    # A sale moved between two stores of one region changes both stores'
+    # counts and leaves the region's total as it was: no UPDATE locks the
+    # region, yet the work reached it, and a writer of the region must wait
+    # for this transaction.  The region's lock goes with the statement after
+    # it (writes.Carrier); it must not be lost on the way.
+    from tests.chain.models import Region, Sale, Store
+
+    region = Region.objects.create()
+    first, second = (Store.objects.create(region=region) for _ in range(2))
+    sale = Sale.objects.create(store=first)
+    refused = []
+
+    def lock_the_region():
+        try:
+            with transaction.atomic():
+                list(Region.objects.select_for_update(nowait=True).filter(pk=region.pk))
+        except OperationalError:
+            refused.append(True)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        sale.store = second
+        sale.save()
+        assert Region.objects.get().sale_total == 1
+        thread = threading.Thread(target=lock_the_region)
+        thread.start()
+        thread.join(10)
+    assert refused == [True]

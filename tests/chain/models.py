@@ -4,7 +4,8 @@ its samples.  From an outside tester's reports of deadlocks between single
 writes (tests/test_concurrency.py)."""
 
 from django.db import models
-from django.db.models import Count, F
+from django.db.models import Count, F, Sum
+from django.db.models.functions import Coalesce
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
 
@@ -66,3 +67,20 @@ class Rack(MaintainedModel):
 class Tube(MaintainedModel):
     rack = models.ForeignKey(Rack, related_name="tubes", on_delete=models.CASCADE)
     site_name = maintained(models.CharField(max_length=100, default=""), F("rack__site__name"))
+
+
+class Region(MaintainedModel):
+    """Three levels of counts and nothing read through a foreign key: the
+    work of a write takes no lock with NOWAIT, and its last locks go with
+    the statement after them (writes.Carrier)."""
+
+    sale_total = maintained(models.IntegerField(default=0), Coalesce(Sum("stores__sale_count"), 0))
+
+
+class Store(MaintainedModel):
+    region = models.ForeignKey(Region, related_name="stores", on_delete=models.CASCADE)
+    sale_count = maintained(models.IntegerField(default=0), Count("sales"))
+
+
+class Sale(MaintainedModel):
+    store = models.ForeignKey(Store, related_name="sales", on_delete=models.CASCADE)
