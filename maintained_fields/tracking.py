@@ -970,9 +970,10 @@ def mark_changed(
     recomputed as the mode in force says (at once, at the end of a deferred
     scope, or not at all).  Where a row leads (its parents) is read from the
     database, for instances too; a row no longer there leads where its
-    instance says.  Rows moved to another parent by the hidden write: mark
-    them before and after it, inside ``override_autoupdate(mode="deferred")``,
-    so that both parents are recomputed.
+    instance says.  Rows the hidden write moves to another parent, or
+    unlinks from rows of a many-to-many relation: mark them before and after
+    it, inside ``override_autoupdate(mode="deferred")``, so that the rows
+    they leave are recomputed as well as those they reach.
     """
     if isinstance(objects, models.Manager) or (isinstance(objects, type) and issubclass(objects, models.Model)):
         raise TypeError(
@@ -988,7 +989,11 @@ def mark_changed(
         return
     if isinstance(objects, models.QuerySet):
         node = _node_for_marking(objects.model)
+        key = key_of(node.model)
         rows: list[Any] = [SimpleNamespace(**row) for row in objects.values(*_marked_columns(node))]
+        if key is not None:
+            for row in rows:
+                row.pk = key(row.pk)
         _mark(scope, node, using or objects.db, rows)
         return
     groups: dict[tuple[type[models.Model], str], list[models.Model]] = {}
@@ -1035,8 +1040,16 @@ def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None
         return
     for row in rows:
         merge(records, records_for(node, row, labels=scope.labels, created=True))
+    pks = [row.pk for row in rows]
+    if scope.mode != modes.IMMEDIATE and pks:
+        # Rows reached through a many-to-many table (or forward from the
+        # marked rows) would be found when the work is done, after the hidden
+        # write: found now, a mark made before it reaches the rows it unlinks.
+        for dep, hop in node.edges:
+            if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels):
+                records.setdefault((dep, 0), set()).update(resolve(dep, hop.index, pks, db))
     specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
-    merge(records, recompute_records(specs, [row.pk for row in rows]))
+    merge(records, recompute_records(specs, pks))
     dispatch(scope, db, records)
 
 

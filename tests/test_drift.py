@@ -398,6 +398,28 @@ def test_the_same_instances_marked_before_and_after_a_raw_move_lead_to_both_shel
     assert dict(Shelf.objects.values_list("pk", "box_count")) == counts
 
 
+def test_rows_marked_before_and_after_a_raw_write_lead_to_the_links_they_lost(db):
+    """Found by an outside tester: the mark before the write found the
+    topics an article linked to only when the scope ended, after the write
+    had unlinked them, and the topics it left kept their counts."""
+    first, second = Topic.objects.create(), Topic.objects.create()
+    moved, gone = Article.objects.create(), Article.objects.create()
+    moved.topics.add(first)
+    gone.topics.add(first, second)
+    Links = Article.topics.through
+    with override_autoupdate(mode="deferred"):
+        mark_changed([moved, gone])
+        with connection.cursor() as cursor:
+            table = connection.ops.quote_name(Links._meta.db_table)
+            cursor.execute(f"UPDATE {table} SET topic_id = %s WHERE article_id = %s", [second.pk, moved.pk])
+            cursor.execute(f"DELETE FROM {table} WHERE article_id = %s", [gone.pk])
+            cursor.execute(f"DELETE FROM {Article._meta.db_table} WHERE id = %s", [gone.pk])
+        mark_changed([moved, gone])
+    counts = {topic.pk: Links.objects.filter(topic=topic).count() for topic in (first, second)}
+    assert counts == {first.pk: 0, second.pk: 1}
+    assert dict(Topic.objects.values_list("pk", "article_count")) == counts
+
+
 def test_mark_changed_takes_one_instance(db):
     # It said it takes "model instances, not <Box: Box object (1)>" (an outside tester's report).
     shelf = Shelf.objects.create(name="a")
