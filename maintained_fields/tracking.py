@@ -840,7 +840,10 @@ def _post_delete(
             node = get_graph().nodes[model]
             for row in rows_with_links(model, using, pks, node.up_links):
                 merge(pending.records, records_for(node, row, labels=pending.scope.labels, created=True))
-        dispatch(pending.scope, using, pending.records)
+        # The delete() may go on to rows this one's work would recompute (its
+        # origin, where no receiver announces it): held until it ends.
+        if not hold_in_delete(pending.scope, using, pending.records):
+            dispatch(pending.scope, using, pending.records)
 
 
 # Many-to-many changes: the rows on the previous hop's side of the relation

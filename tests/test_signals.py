@@ -60,3 +60,26 @@ def test_a_flush_tells_receivers_of_values_that_lead_nowhere(written):
         bins = [Bin.objects.create(qty=qty) for qty in (5, 50)]
     assert [(sender, pks, fields) for sender, pks, fields, _ in written] == [(Bin, [b.pk for b in bins], ["size"])]
     assert list(Bin.objects.order_by("qty").values_list("size", flat=True)) == ["small", "big"]
+
+
+@pytest.mark.parametrize("how", ["instance", "queryset"])
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_row_deleted_with_its_children_is_not_recomputed_nor_announced(how, mode, written):
+    """Found by an outside tester: a basket counts its items and nothing
+    reads the basket, so Django's delete announces only the items it
+    cascades to; their work recomputed the basket before its own row went,
+    and the signal named a key the delete() had removed on its return."""
+    from tests.composite.models import Basket, BasketItem
+
+    basket, kept = Basket.objects.create(name="gone"), Basket.objects.create(name="kept")
+    for n in (1, 2):
+        BasketItem.objects.create(basket=basket, n=n, qty=n)
+    BasketItem.objects.create(basket=kept, n=1, qty=5)
+    written.clear()
+    with override_autoupdate(mode=mode):
+        if how == "instance":
+            basket.delete()
+        else:
+            Basket.objects.filter(name="gone").delete()
+    assert [entry for entry in written if entry[0] is Basket] == []
+    assert list(Basket.objects.values_list("name", "item_count", "qty_total")) == [("kept", 1, 5)]
