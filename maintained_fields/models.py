@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db import models, router
 
@@ -36,8 +36,12 @@ class MaintainedModelMixin:
             type(self), instance=self  # type: ignore[arg-type]  # mixed into a Model
         )
         delete = super().delete  # type: ignore[misc]  # mixed into a Model
+        instance = cast(models.Model, self)
+        pk = instance.pk
 
         def write() -> tuple[int, dict[str, int]]:
+            if instance.pk is None:  # a retry: Django's delete sets the key to None as it ends
+                instance.pk = pk
             with tracking.deleting(using):
                 return delete(*args, **kwargs)  # type: ignore[no-any-return]
 
