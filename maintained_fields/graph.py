@@ -178,12 +178,109 @@ def stored_as(spec: Spec, expression: Any) -> Any:
 def _isolate(expression: Any, model: type[models.Model]) -> Any:
     def subquery(node: Any) -> Any:
         if isinstance(node, models.Aggregate):
+            over_children = _over_children(node, model)
+            if over_children is not None:
+                return over_children
             rows: models.QuerySet[Any] = models.QuerySet(model).filter(pk=models.OuterRef("pk")).order_by()
             # Grouped by the key alone: SQLite sorts by every column of a group otherwise.
             return models.Subquery(rows.values("pk").annotate(_maintained_value=node).values("_maintained_value"))
         return None
 
     return rewrite(expression, subquery)
+
+
+# Aggregates that ignore NULL inputs and give NULL over no rows (Count: 0).
+_PLAIN_AGGREGATES = (models.Count, models.Sum, models.Avg, models.Max, models.Min, models.StdDev, models.Variance)
+
+
+def _over_children(aggregate: Any, model: type[models.Model]) -> Any:
+    """``aggregate``, whose every reference goes through one reverse foreign
+    key onto ``model``'s key (``Count("samples", filter=Q(samples__weight__gt=5))``),
+    as a subquery of the children's table alone: ``SELECT COUNT(...) FROM
+    sample WHERE study_id = <the row>``.  Without the join to ``model``'s
+    table that the general form takes, PostgreSQL plans it in two thirds
+    of the time, and every immediate write plans it once per parent.  None
+    where the aggregate is not of that shape."""
+    if type(aggregate) not in _PLAIN_AGGREGATES or getattr(aggregate, "default", None) is not None:
+        return None
+    names = references(aggregate)
+    relations = {name.split("__", 1)[0] for name in names}
+    if len(relations) != 1 or _has_outer_parts(aggregate):
+        return None
+    [relation] = relations
+    try:
+        reverse = model._meta.get_field(relation)
+    except FieldDoesNotExist:
+        return None
+    if not (isinstance(reverse, models.ManyToOneRel) and reverse.one_to_many):
+        return None
+    foreign_key = reverse.field
+    if not isinstance(foreign_key, models.ForeignKey) or foreign_key.target_field != model._meta.pk:
+        return None
+    child = reverse.related_model
+    meta = child._meta
+
+    def rest(name: str) -> str | None:
+        """``name`` from the child: ``samples__weight`` is ``weight``, ``samples`` is ``pk``."""
+        tail = name[len(relation) + 2 :] if name != relation else "pk"
+        head = tail.split("__", 1)[0]
+        if head != "pk":
+            try:
+                meta.get_field(head)
+            except FieldDoesNotExist:
+                return None  # a lookup such as samples__isnull
+        return tail
+
+    found_tails = {name: rest(name) for name in names}
+    if None in found_tails.values():
+        return None
+    tails = cast(dict[str, str], found_tails)
+
+    def moved(node: Any) -> Any:
+        if isinstance(node, models.F):
+            return models.F(tails[node.name])  # type: ignore[attr-defined]  # set by F.__init__
+        if isinstance(node, models.Q):
+            copy = node.copy()
+            parts: list[Any] = list(node.children)
+            copy.children = [
+                moved(part) if isinstance(part, models.Q) else (tails[part[0]], _moved_value(part[1], moved))
+                for part in parts
+            ]
+            return copy
+        return None
+
+    rows: models.QuerySet[Any] = models.QuerySet(child).filter(**{foreign_key.name: models.OuterRef("pk")})
+    value = rows.order_by().values(foreign_key.attname).annotate(_maintained_value=rewrite(aggregate, moved))
+    found = models.Subquery(value.values("_maintained_value"))
+    # No children, no group, no row: NULL, where Count over the join gives 0.
+    return Coalesce(found, 0) if isinstance(aggregate, models.Count) else found
+
+
+def _moved_value(value: Any, moved: Callable[[Any], Any]) -> Any:
+    return rewrite(value, moved) if hasattr(value, "resolve_expression") else value
+
+
+def _has_outer_parts(expression: Any) -> bool:
+    """Whether ``expression`` holds a subquery or a reference to an outer query."""
+    found = False
+
+    def visit(node: Any) -> Any:
+        nonlocal found
+        if isinstance(node, (models.OuterRef, models.Subquery, models.Exists)):
+            found = True
+            return node
+        if isinstance(node, models.Q):
+            parts: list[Any] = list(node.children)
+            for part in parts:
+                if isinstance(part, models.Q):
+                    visit(part)
+                elif hasattr(part[1], "resolve_expression"):
+                    rewrite(part[1], visit)
+            return node
+        return None
+
+    rewrite(expression, visit)
+    return found
 
 
 def _outer_references(expression: Any) -> tuple[set[str], bool]:
