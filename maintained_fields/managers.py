@@ -34,7 +34,8 @@ from .tracking import (
     reaches_first,
     tracked_before,
 )
-from .writes import chunks, key_of, locking
+from .writes import chunks, locking
+from .writes import keyed_values as _values
 from .writes import lock as _lock
 
 
@@ -369,13 +370,3 @@ def _overwritten(node: ModelNode, scope: modes.Scope, written: frozenset[str]) -
         if (scope.labels is None or spec.label in scope.labels)
         and (spec.field.attname in written or (spec.own_row and not spec.deps))
     ]
-
-
-def _values(rows: models.QuerySet[Any], columns: Iterable[str]) -> Iterable[dict[str, Any]]:
-    """``rows.values(*columns)``, ``columns`` led by "pk", each key as the
-    model's instances hold it (see :func:`writes.keys`)."""
-    found = rows.values(*columns)
-    key = key_of(rows.model)
-    if key is None:
-        return found
-    return [{**row, "pk": key(row["pk"])} for row in found]

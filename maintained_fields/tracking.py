@@ -40,7 +40,7 @@ from .writes import (
     announced_at_the_end,
     chunks,
     evaluate_in_memory,
-    key_of,
+    keyed_values,
     keys,
     lock_rows,
     locking,
@@ -992,11 +992,7 @@ def mark_changed(
         return
     if isinstance(objects, models.QuerySet):
         node = _node_for_marking(objects.model)
-        key = key_of(node.model)
-        rows: list[Any] = [SimpleNamespace(**row) for row in objects.values(*_marked_columns(node))]
-        if key is not None:
-            for row in rows:
-                row.pk = key(row.pk)
+        rows: list[Any] = [SimpleNamespace(**row) for row in keyed_values(objects, _marked_columns(node))]
         _mark(scope, node, using or objects.db, rows)
         return
     groups: dict[tuple[type[models.Model], str], list[models.Model]] = {}
@@ -1023,11 +1019,8 @@ def _as_stored(node: ModelNode, db: str, instances: list[models.Model]) -> list[
     SQL); a row no longer there, as its instance holds it."""
     stored: dict[Any, Any] = {}
     for batch in chunks([instance.pk for instance in instances], get_config()["BATCH_SIZE"]):
-        found: models.QuerySet[Any, dict[str, Any]] = (
-            models.QuerySet(node.model, using=db).filter(pk__in=batch).values(*_marked_columns(node))
-        )
-        key = key_of(node.model)
-        stored.update(((row["pk"] if key is None else key(row["pk"])), SimpleNamespace(**row)) for row in found)
+        found = keyed_values(models.QuerySet(node.model, using=db).filter(pk__in=batch), _marked_columns(node))
+        stored.update((row["pk"], SimpleNamespace(**row)) for row in found)
     return [stored.get(instance.pk, instance) for instance in instances]
 
 

@@ -55,6 +55,16 @@ def key_of(model: type[models.Model]) -> Callable[[Any], Any] | None:
     return lambda key: tuple(field.to_python(value) for field, value in zip(fields, key))
 
 
+def keyed_values(rows: models.QuerySet[Any], columns: Iterable[str]) -> Iterable[dict[str, Any]]:
+    """``rows.values(*columns)``, ``columns`` led by "pk", each key as the
+    model's instances hold it (see :func:`keys`)."""
+    found = rows.values(*columns)
+    convert = key_of(rows.model)
+    if convert is None:
+        return found
+    return [{**row, "pk": convert(row["pk"])} for row in found]
+
+
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:

@@ -45,6 +45,7 @@ class CartItem(MaintainedModel):
 class Crate(MaintainedModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     code = models.CharField(max_length=20, default="")
+    slot_count = maintained(models.IntegerField(default=0), Count("slots"))
 
 
 class Slot(MaintainedModel):
