@@ -283,6 +283,26 @@ def _has_outer_parts(expression: Any) -> bool:
     return found
 
 
+def _to_many_outside_aggregates(model: type[models.Model], expression: Any) -> list[str]:
+    """The references of ``expression`` outside its aggregates whose path goes
+    through a reverse foreign key or a many-to-many relation."""
+    found = []
+    for name in sorted(_outer_references(expression)[0]):
+        current = model
+        for part in name.split("__"):
+            try:
+                field = current._meta.get_field(part)
+            except FieldDoesNotExist:
+                break  # a lookup or a transform; E002 reports a path that does not resolve
+            if field.one_to_many or field.many_to_many:
+                found.append(name)
+                break
+            if not field.is_relation or field.related_model is None:
+                break
+            current = field.related_model
+    return found
+
+
 def _outer_references(expression: Any) -> tuple[set[str], bool]:
     """The F() names and the lookups of conditions (``When(crate__name=...)``)
     of ``expression`` outside its aggregates, and whether it has any."""
@@ -717,6 +737,21 @@ def _spec(
                     model,
                     "Aggregate through a relation, e.g. Sum('samples__weight'), or write F('name') "
                     "for the row's own value.",
+                )
+            )
+            return None
+        to_many = _to_many_outside_aggregates(model, declaration.expression)
+        if to_many:
+            errors.append(
+                _error(
+                    13,
+                    f"{where} reads {', '.join(repr(name) for name in to_many)} outside an aggregate: "
+                    "the path goes through a relation to many rows (a reverse foreign key or a "
+                    "many-to-many), so a row has no single such value, and which one the database "
+                    "gives is arbitrary.",
+                    model,
+                    "Aggregate it, e.g. Max('kids__qty'), Count('kids', filter=Q(kids__qty__gt=5)), "
+                    "or read it through foreign keys only.",
                 )
             )
             return None

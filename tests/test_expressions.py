@@ -210,6 +210,49 @@ def test_an_aggregate_of_the_row_s_own_fields_is_a_check_error():
 
 
 @isolate_apps("tests.expressions")
+def test_a_to_many_relation_read_outside_an_aggregate_is_a_check_error():
+    # Found by an outside tester: F("kids__qty") passed the check and each
+    # write stored whichever child the database gave, PostgreSQL's write
+    # and its check each a different one.
+    from django.db.models import Case, Max, Q, Value, When
+
+    class Pen(MaintainedModel):
+        copied = maintained(models.IntegerField(null=True), F("kids__qty"))
+        tested = maintained(
+            models.IntegerField(default=0), Case(When(kids__qty__gt=5, then=Value(1)), default=Value(0))
+        )
+        tagged = maintained(models.CharField(max_length=10, null=True), F("tags__name"))
+        fine = maintained(models.IntegerField(null=True), Max("kids__qty"))
+        counted = maintained(models.IntegerField(default=0), Count("kids", filter=Q(kids__qty__gt=5)))
+        tags = models.ManyToManyField("Label")
+
+        class Meta:
+            app_label = "expressions"
+
+    class Label(MaintainedModel):
+        name = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = "expressions"
+
+    class Kid(MaintainedModel):
+        pen = models.ForeignKey(Pen, related_name="kids", on_delete=models.CASCADE)
+        qty = models.IntegerField(default=0)
+        pen_name = maintained(models.IntegerField(null=True), F("pen__fine"))
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Pen, Label, Kid]).errors
+    assert [(error.id, error.msg.split(" reads ")[0]) for error in errors] == [
+        ("maintained_fields.E013", "expressions.Pen.copied's maintained() expression"),
+        ("maintained_fields.E013", "expressions.Pen.tested's maintained() expression"),
+        ("maintained_fields.E013", "expressions.Pen.tagged's maintained() expression"),
+    ]
+    assert "'kids__qty__gt'" in errors[1].msg and "Max('kids__qty')" in errors[0].hint
+
+
+@isolate_apps("tests.expressions")
 def test_an_aggregate_that_is_null_over_no_rows_into_a_not_null_field_is_a_check_error():
     # From an outside tester: Max("kids__name") into a NOT NULL field made
     # every write of a row with no kids fail with the database's IntegrityError.
