@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from django.apps import apps
 from django.core import checks
-from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import models
 from django.db.models import ForeignObjectRel
 from django.db.models.functions import Cast, Coalesce
@@ -281,6 +281,40 @@ def _has_outer_parts(expression: Any) -> bool:
 
     rewrite(expression, visit)
     return found
+
+
+def _kind_mismatch(model: type[models.Model], target: Any, expression: Any) -> tuple[str, str] | None:
+    """What is wrong, and the hint, where ``expression`` gives text into a
+    column of another type or another type into a text column (PostgreSQL
+    compares neither, so every recompute there would fail), or where its
+    type cannot be told; None where its type fits."""
+    try:
+        rows: models.QuerySet[Any] = models.QuerySet(model).annotate(
+            _maintained_value=_isolate(expression, model)
+        )
+        output = rows.query.annotations["_maintained_value"].output_field
+    except FieldError as error:
+        if "mixed types" not in str(error) and "output_field" not in str(error):
+            return None  # a path that does not resolve: E002 reports it
+        return (
+            f"has no single type ({error})",
+            "Set output_field= on the expression, e.g. Sum('kids__qty', output_field=FloatField()).",
+        )
+    if _is_text(output) == _is_text(target):
+        return None
+    wanted = "CharField" if _is_text(target) else type(target).__name__
+    return (
+        f"is typed {type(output).__name__} and {target.model._meta.label}.{target.name} is typed "
+        f"{type(target).__name__}: PostgreSQL compares neither with the other, and every write "
+        "there would fail.",
+        f"Convert the value, e.g. Cast(..., output_field={wanted}()).",
+    )
+
+
+def _is_text(field: Any) -> bool:
+    while field.is_relation and getattr(field, "target_field", None) is not None:
+        field = field.target_field
+    return isinstance(field, (models.CharField, models.TextField))
 
 
 def _to_many_outside_aggregates(model: type[models.Model], expression: Any) -> list[str]:
@@ -754,6 +788,10 @@ def _spec(
                     "or read it through foreign keys only.",
                 )
             )
+            return None
+        mismatch = _kind_mismatch(model, target, declaration.expression)
+        if mismatch is not None:
+            errors.append(_error(14, f"{where} {mismatch[0]}", model, mismatch[1]))
             return None
     null_error = None
     if declaration.expression is not None and not target.null:

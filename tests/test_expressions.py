@@ -253,6 +253,53 @@ def test_a_to_many_relation_read_outside_an_aggregate_is_a_check_error():
 
 
 @isolate_apps("tests.expressions")
+def test_text_into_another_type_or_another_type_into_text_is_a_check_error():
+    # Found by an outside tester: Count("kids") into a CharField passed the
+    # check, worked on SQLite and MariaDB, and every write failed on
+    # PostgreSQL ("operator does not exist: character varying = bigint").
+    import uuid
+
+    from django.db.models import CharField, FloatField, Value
+    from django.db.models.functions import Cast, Coalesce, Upper
+
+    class Tray(MaintainedModel):
+        id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+        name = models.CharField(max_length=10, default="")
+        size = models.IntegerField(default=0)
+        counted = maintained(models.CharField(max_length=20, default=""), Count("cups"))
+        copied = maintained(models.CharField(max_length=20, default=""), F("size"))
+        named = maintained(models.IntegerField(default=0), Upper("name"))
+        mixed = maintained(models.FloatField(default=0), Coalesce(F("size"), F("name")))
+        widened = maintained(models.FloatField(default=0), F("size") + Value(1.5))
+        cast = maintained(models.CharField(max_length=20, default=""), Cast(Count("cups"), output_field=CharField()))
+        summed = maintained(models.FloatField(default=0), Sum("cups__size", default=0, output_field=FloatField()))
+
+        class Meta:
+            app_label = "expressions"
+
+    class Cup(MaintainedModel):
+        tray = models.ForeignKey(Tray, related_name="cups", on_delete=models.CASCADE)
+        size = models.IntegerField(default=0)
+        tray_key = maintained(models.CharField(max_length=40, default=""), F("tray__id"))
+        tray_name = maintained(models.CharField(max_length=10, default=""), F("tray__name"))
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Tray, Cup]).errors
+    assert [(error.id, error.msg.split(" is typed ")[0].split(" has no ")[0]) for error in errors] == [
+        ("maintained_fields.E014", "expressions.Tray.counted's maintained() expression"),
+        ("maintained_fields.E014", "expressions.Tray.copied's maintained() expression"),
+        ("maintained_fields.E014", "expressions.Tray.named's maintained() expression"),
+        ("maintained_fields.E014", "expressions.Tray.mixed's maintained() expression"),
+        ("maintained_fields.E014", "expressions.Cup.tray_key's maintained() expression"),
+    ]
+    assert "is typed IntegerField and expressions.Tray.counted is typed CharField" in errors[0].msg
+    assert "Cast(..., output_field=CharField())" in errors[0].hint
+    assert "mixed types" in errors[3].msg and "output_field=" in errors[3].hint
+
+
+@isolate_apps("tests.expressions")
 def test_an_aggregate_that_is_null_over_no_rows_into_a_not_null_field_is_a_check_error():
     # From an outside tester: Max("kids__name") into a NOT NULL field made
     # every write of a row with no kids fail with the database's IntegrityError.
