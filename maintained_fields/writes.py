@@ -1025,10 +1025,12 @@ def own_row_sql(spec: Spec, db: str) -> tuple[str, list[Any]] | None:
             if not isinstance(node, models.F):
                 return None
             names = (meta.pk.name, meta.pk.attname) if node.name == "pk" else (node.name,)  # type: ignore[attr-defined]  # F.name: the stubs omit it
-            return _RowValue(next(f for f in meta.concrete_fields if f.name in names or f.attname in names))
+            field = next((f for f in meta.concrete_fields if f.name in names or f.attname in names), None)
+            return node if field is None else _RowValue(field)  # F("meta__color"): a transform of a field
 
         rewritten = rewrite(spec.expression, slot)
-        if references(rewritten):  # a condition names the row's fields: only a FROM can give them
+        # A condition names the row's fields, or an F() a transform of one: only a FROM can give them.
+        if references(rewritten):
             _own_row[key] = None
         else:
             expression = stored_as(spec, rewritten).resolve_expression(query, allow_joins=False)

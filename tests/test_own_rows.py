@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from maintained_fields import maintained_values_written, override_autoupdate
-from tests.ownrow.models import THIRD, Basket, BasketItem, Bin, Event, Line, Reading, Share, Slot, Ticket
+from tests.ownrow.models import THIRD, Basket, BasketItem, Bin, Event, Line, Reading, Share, Slot, Tagged, Ticket
 
 pytestmark = pytest.mark.django_db
 
@@ -311,3 +311,17 @@ def test_the_json_report_of_a_stale_nan_is_strict_json():
     assert {(entry["field"], entry["stored"], entry["computed"]) for entry in report["drift"]} >= {
         ("scaled", "NaN", 3.0)
     }
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_transform_of_the_row_s_own_field(mode, db):
+    # Found by an outside tester: every immediate create() failed with
+    # "generator raised StopIteration" (the INSERT looked for a column
+    # named "meta__color").
+    with override_autoupdate(mode=mode):
+        row = Tagged.objects.create(meta={"color": "red"}, day=datetime.date(2024, 5, 5))
+    assert Tagged.objects.values_list("color", "year").get(pk=row.pk) == ("red", 2024)
+    row.meta, row.day = {"color": "blue"}, datetime.date(2025, 1, 1)
+    with override_autoupdate(mode=mode):
+        row.save()
+    assert Tagged.objects.values_list("color", "year").get(pk=row.pk) == ("blue", 2025)

@@ -107,3 +107,12 @@ class Pen(MaintainedModel):
 
 class Nib(models.Model):
     pen = models.ForeignKey(Pen, related_name="nibs", on_delete=models.CASCADE)
+
+
+class Tagged(MaintainedModel):
+    """F() of a transform of the row's own fields: a JSON key, a date's year."""
+
+    meta = models.JSONField(default=dict)
+    day = models.DateField(null=True)
+    color = maintained(models.JSONField(null=True), F("meta__color"))
+    year = maintained(models.IntegerField(null=True), F("day__year"))
