@@ -300,21 +300,45 @@ def _kind_mismatch(model: type[models.Model], target: Any, expression: Any) -> t
             f"has no single type ({error})",
             "Set output_field= on the expression, e.g. Sum('kids__qty', output_field=FloatField()).",
         )
-    if _is_text(output) == _is_text(target):
+    given, wanted = _kind(output), _kind(target)
+    if given is None or wanted is None or given == wanted:
         return None
-    wanted = "CharField" if _is_text(target) else type(target).__name__
     return (
         f"is typed {type(output).__name__} and {target.model._meta.label}.{target.name} is typed "
-        f"{type(target).__name__}: PostgreSQL compares neither with the other, and every write "
-        "there would fail.",
-        f"Convert the value, e.g. Cast(..., output_field={wanted}()).",
+        f"{type(target).__name__}: each database compares, converts and stores values of one kind "
+        "in a column of another its own way (PostgreSQL refuses most such comparisons, and every "
+        "write there would fail; SQLite may store NULL or another value).",
+        f"Convert the value, e.g. Cast(..., output_field={type(_target_of(target)).__name__}()), "
+        "or TruncDate('...') for the date of a date and time.",
     )
 
 
-def _is_text(field: Any) -> bool:
+# Kinds of column that PostgreSQL does not compare with one another.
+_KINDS = (
+    ((models.CharField, models.TextField), "text"),
+    ((models.BooleanField,), "boolean"),
+    ((models.UUIDField,), "uuid"),
+    ((models.JSONField,), "json"),
+    ((models.DateTimeField,), "datetime"),  # before DateField, its base class
+    ((models.DateField,), "date"),
+    ((models.TimeField,), "time"),
+    ((models.DurationField,), "duration"),
+    ((models.BinaryField,), "binary"),
+    ((models.IntegerField, models.FloatField, models.DecimalField), "number"),
+)
+
+
+def _target_of(field: Any) -> Any:
     while field.is_relation and getattr(field, "target_field", None) is not None:
         field = field.target_field
-    return isinstance(field, (models.CharField, models.TextField))
+    return field
+
+
+def _kind(field: Any) -> str | None:
+    """The kind of a column (a foreign key's, that of its target), or None
+    for a type the check leaves alone (a custom field, an array)."""
+    field = _target_of(field)
+    return next((kind for types, kind in _KINDS if isinstance(field, types)), None)
 
 
 def _to_many_outside_aggregates(model: type[models.Model], expression: Any) -> list[str]:

@@ -253,14 +253,14 @@ def test_a_to_many_relation_read_outside_an_aggregate_is_a_check_error():
 
 
 @isolate_apps("tests.expressions")
-def test_text_into_another_type_or_another_type_into_text_is_a_check_error():
+def test_values_of_another_kind_than_the_column_s_are_a_check_error():
     # Found by an outside tester: Count("kids") into a CharField passed the
     # check, worked on SQLite and MariaDB, and every write failed on
     # PostgreSQL ("operator does not exist: character varying = bigint").
     import uuid
 
-    from django.db.models import CharField, FloatField, Value
-    from django.db.models.functions import Cast, Coalesce, Upper
+    from django.db.models import BooleanField, CharField, ExpressionWrapper, FloatField, Q, Value
+    from django.db.models.functions import Cast, Coalesce, TruncDate, Upper
 
     class Tray(MaintainedModel):
         id = models.UUIDField(primary_key=True, default=uuid.uuid4)
@@ -280,8 +280,14 @@ def test_text_into_another_type_or_another_type_into_text_is_a_check_error():
     class Cup(MaintainedModel):
         tray = models.ForeignKey(Tray, related_name="cups", on_delete=models.CASCADE)
         size = models.IntegerField(default=0)
+        at = models.DateTimeField(null=True)
         tray_key = maintained(models.CharField(max_length=40, default=""), F("tray__id"))
         tray_name = maintained(models.CharField(max_length=10, default=""), F("tray__name"))
+        # From a second tester: PostgreSQL refuses integer = boolean; SQLite stored NULL for the date.
+        big = maintained(models.IntegerField(default=0), ExpressionWrapper(Q(size__gt=5), output_field=BooleanField()))
+        day = maintained(models.DateField(null=True), F("at"))
+        truncated = maintained(models.DateField(null=True), TruncDate("at"))
+        tray_copy = maintained(models.ForeignKey(Tray, models.SET_NULL, null=True, related_name="+"), F("tray"))
 
         class Meta:
             app_label = "expressions"
@@ -293,6 +299,8 @@ def test_text_into_another_type_or_another_type_into_text_is_a_check_error():
         ("maintained_fields.E014", "expressions.Tray.named's maintained() expression"),
         ("maintained_fields.E014", "expressions.Tray.mixed's maintained() expression"),
         ("maintained_fields.E014", "expressions.Cup.tray_key's maintained() expression"),
+        ("maintained_fields.E014", "expressions.Cup.big's maintained() expression"),
+        ("maintained_fields.E014", "expressions.Cup.day's maintained() expression"),
     ]
     assert "is typed IntegerField and expressions.Tray.counted is typed CharField" in errors[0].msg
     assert "Cast(..., output_field=CharField())" in errors[0].hint
