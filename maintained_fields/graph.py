@@ -284,10 +284,9 @@ def _has_outer_parts(expression: Any) -> bool:
 
 
 def _kind_mismatch(model: type[models.Model], target: Any, expression: Any) -> tuple[str, str] | None:
-    """What is wrong, and the hint, where ``expression`` gives text into a
-    column of another type or another type into a text column (PostgreSQL
-    compares neither, so every recompute there would fail), or where its
-    type cannot be told; None where its type fits."""
+    """What is wrong, and the hint, where ``expression`` gives values of
+    another kind (:data:`_KINDS`) than ``target``'s column, or where its type
+    cannot be told; None where its type fits or the check leaves it alone."""
     try:
         rows: models.QuerySet[Any] = models.QuerySet(model).annotate(
             _maintained_value=_isolate(expression, model)

@@ -409,8 +409,9 @@ def _lock_reach(
     The rows of ``graph.walk_locks`` are locked by the query that reads
     their links, as the walk meets them; the others after it, model by
     model in ``graph.model_order``, by statements that a ``carrier`` sends
-    with the next one (but with ``nowait``: a row another transaction holds
-    then raises :class:`_LateRows`, which must come from the lock itself).
+    with the next one.  With ``nowait``, a row another transaction holds
+    raises :class:`_LateRows`, which must come from the lock itself: no
+    carrier is given then (:func:`process`).
     """
     reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True, nowait=nowait, carrier=carrier)
     locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
@@ -420,10 +421,7 @@ def _lock_reach(
         if rows:
             by_model.setdefault(model, set()).update(rows)
     try:
-        _lock_in_order(
-            graph, by_model, db, size or get_config()["BATCH_SIZE"], nowait=nowait,
-            carried=None if nowait else carrier,
-        )
+        _lock_in_order(graph, by_model, db, size or get_config()["BATCH_SIZE"], nowait=nowait, carried=carrier)
     except DatabaseError:
         if not nowait:
             raise
@@ -472,7 +470,7 @@ def _walk_reach(
             for _, hop in node.edges
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & every)
         ]
-        if locks and carrier is not None and not nowait and not links and not _leads_on(node, every, labels):
+        if locks and carrier is not None and not links and not _leads_on(node, every, labels):
             lock_rows(model, db, rows, size or get_config()["BATCH_SIZE"], carried=carrier)
             continue
         try:

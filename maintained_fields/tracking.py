@@ -8,7 +8,7 @@ and dispatches them as the mode in force says.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from datetime import date, time, timedelta
@@ -24,7 +24,7 @@ from django.db.models import signals
 from . import modes
 from .background import with_its_task
 from .conf import get_config
-from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph, mixin_problem
+from .graph import REVERSE, Dependency, Graph, Hop, ModelNode, Spec, get_graph, mixin_problem
 from .propagation import (
     Records,
     dispatch,
@@ -804,25 +804,37 @@ def delete_queryset(
             # first, the rows are read where they are.
             pks = set(keys(node.model, queryset.values_list("pk", flat=True)))
             lock_rows(node.model, db, pks, get_config()["BATCH_SIZE"])
-        edges = [
-            (dep, hop)
-            for dep, hop in node.edges
-            if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels)
-        ]
+        edges = _far_edges(node, scope.labels)
         if not edges:
             return delete()
         if pks is None:
             pks = set(keys(node.model, queryset.values_list("pk", flat=True)))
-        records: Records = {}
-        for dep, hop in edges:
-            targets = resolve(dep, hop.index, pks, db)
-            if targets:
-                records.setdefault((dep, 0), set()).update(targets)
-        queryset.__dict__[_RESOLVED] = (node.model, pks, records)
+        queryset.__dict__[_RESOLVED] = (node.model, pks, _resolved_now(edges, pks, db))
         try:
             return delete()
         finally:
             del queryset.__dict__[_RESOLVED]
+
+
+def _far_edges(node: ModelNode, labels: frozenset[str] | None) -> list[tuple[Dependency, Hop]]:
+    """The edges of ``node`` that reach rows through a many-to-many table or
+    forward from the row: a write that deletes or unlinks the row hides
+    them, so they are resolved before it (:func:`_resolved_now`)."""
+    return [
+        (dep, hop)
+        for dep, hop in node.edges
+        if hop.index and hop.kind != REVERSE and (labels is None or dep.spec.label in labels)
+    ]
+
+
+def _resolved_now(edges: list[tuple[Dependency, Hop]], pks: Collection[Any], db: str) -> Records:
+    """Records of the rows that ``edges`` reach from the rows ``pks`` now."""
+    records: Records = {}
+    for dep, hop in edges:
+        targets = resolve(dep, hop.index, pks, db)
+        if targets:
+            records.setdefault((dep, 0), set()).update(targets)
+    return records
 
 
 def _post_delete(
@@ -1038,12 +1050,9 @@ def _mark(scope: modes.Scope, node: ModelNode, db: str, rows: list[Any]) -> None
         merge(records, records_for(node, row, labels=scope.labels, created=True))
     pks = [row.pk for row in rows]
     if scope.mode != modes.IMMEDIATE and pks:
-        # Rows reached through a many-to-many table (or forward from the
-        # marked rows) would be found when the work is done, after the hidden
-        # write: found now, a mark made before it reaches the rows it unlinks.
-        for dep, hop in node.edges:
-            if hop.index and hop.kind != REVERSE and (scope.labels is None or dep.spec.label in scope.labels):
-                records.setdefault((dep, 0), set()).update(resolve(dep, hop.index, pks, db))
+        # Found when the work is done, these rows would be found after the
+        # hidden write: found now, a mark made before it reaches the rows it unlinks.
+        merge(records, _resolved_now(_far_edges(node, scope.labels), pks, db))
     specs = [s for s in (*node.own_row, *node.related) if scope.labels is None or s.label in scope.labels]
     merge(records, recompute_records(specs, pks))
     dispatch(scope, db, records)

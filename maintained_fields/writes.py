@@ -41,10 +41,8 @@ def keys(model: type[models.Model], read: Iterable[Any]) -> Iterable[Any]:
     model's instances hold them.  Django (5.2, 6.0) leaves the columns of a
     composite key unconverted where one is a foreign key: a UUID stays
     text on SQLite and MariaDB."""
-    if not composite(model):
-        return read
-    fields = model._meta.pk.fields  # type: ignore[attr-defined]  # a CompositePrimaryKey's
-    return [tuple(field.to_python(value) for field, value in zip(fields, key)) for key in read]
+    convert = key_of(model)
+    return read if convert is None else [convert(key) for key in read]
 
 
 def key_of(model: type[models.Model]) -> Callable[[Any], Any] | None:
@@ -573,34 +571,35 @@ class Carrier:
     """
 
     def __init__(self, db: str) -> None:
-        self.db, self.pending = db, cast("list[tuple[str, Any]]", [])
+        self.db = db
+        self.pending: list[tuple[str, list[Any]]] = []
 
     def add(self, sql: str, params: Any) -> None:
         self.pending.append((sql, list(params)))
 
+    def _taken(self) -> tuple[int, str, list[Any]]:
+        """Empty the carried statements: how many, their SQL as one, their parameters."""
+        pending, self.pending = self.pending, []
+        return len(pending), "; ".join(sql for sql, _ in pending), [p for _, params in pending for p in params]
+
     def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         if not self.pending:
             return execute(sql, params, many, context)
-        pending, self.pending = self.pending, []
+        count, carried, carried_params = self._taken()
         if many or params is None:
-            execute("; ".join(carried for carried, _ in pending), [p for _, ps in pending for p in ps], False, context)
+            execute(carried, carried_params, False, context)
             return execute(sql, params, many, context)
-        result = execute(
-            "; ".join([*(carried for carried, _ in pending), sql]),
-            [*(p for _, ps in pending for p in ps), *params],
-            False,
-            context,
-        )
-        for _ in pending:
+        result = execute(f"{carried}; {sql}", [*carried_params, *params], False, context)
+        for _ in range(count):
             context["cursor"].nextset()  # past each carried statement's result, to the caller's
         return result
 
     def send(self) -> None:
         """Run what is still carried, now."""
-        pending, self.pending = self.pending, []
-        if pending:
+        count, carried, carried_params = self._taken()
+        if count:
             with connections[self.db].cursor() as cursor:
-                cursor.execute("; ".join(sql for sql, _ in pending), [p for _, ps in pending for p in ps])
+                cursor.execute(carried, carried_params)
 
     @classmethod
     @contextmanager
