@@ -460,7 +460,7 @@ def _changes(
             if not same(before, after):
                 old[spec.field.attname], new[spec.field.attname] = before, after
         if old:
-            row = SimpleNamespace(pk=pk, **dict(zip(links, linked)), **new)
+            row = SimpleNamespace(pk=pk, **{**dict(zip(links, linked)), **new})  # a link may be maintained
             changed.append((row, old))
             groups.setdefault(frozenset(old), []).append(row)
     return changed, groups

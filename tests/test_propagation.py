@@ -264,3 +264,48 @@ class TestLabels:
         with pytest.raises(ValueError, match="'cuonts'; the labels in use are: .*'counts'.*'weights'"):
             with scope:
                 pass
+
+
+class TestARecomputeThatMovesARow:
+    """Each desk's hall is maintained from the halls asked for it (tests.chain):
+    a request moves the desk, and the halls and wings that count it must
+    follow, the hall it joins as well as the one it leaves."""
+
+    def assert_right(self):
+        from tests.chain.models import Desk, Hall, Request, Wing
+
+        asked: dict[int, int] = {}
+        for desk, hall in Request.objects.values_list("desk", "hall"):
+            asked[desk] = max(asked.get(desk, hall), hall)
+        sits = {pk: asked.get(pk) for pk in Desk.objects.values_list("pk", flat=True)}
+        halls = {pk: list(sits.values()).count(pk) for pk in Hall.objects.values_list("pk", flat=True)}
+        wings = {pk: 0 for pk in Wing.objects.values_list("pk", flat=True)}
+        for hall, wing in Hall.objects.values_list("pk", "wing"):
+            wings[wing] += halls[hall]
+        assert dict(Desk.objects.values_list("pk", "hall")) == sits
+        assert dict(Hall.objects.values_list("pk", "desk_count")) == halls
+        assert dict(Wing.objects.values_list("pk", "desk_total")) == wings
+
+    def test_the_hall_a_desk_joins_and_its_wing_are_recomputed(self):
+        from tests.chain.models import Desk, Hall, Request, Wing
+
+        east, west = Wing.objects.create(), Wing.objects.create()
+        first, second, third = (Hall.objects.create(wing=wing) for wing in (east, east, west))
+        desks = [Desk.objects.create() for _ in range(3)]
+        for desk in desks:
+            Request.objects.create(desk=desk, hall=first)
+        self.assert_right()
+        # Within one wing: the wing's total stays, though the work saw the
+        # desk leave its hall before it saw the desk join the other.
+        moving = Request.objects.create(desk=desks[0], hall=second)
+        self.assert_right()
+        assert Wing.objects.get(pk=east.pk).desk_total == 3
+        Request.objects.create(desk=desks[1], hall=third)
+        self.assert_right()
+        moving.delete()
+        self.assert_right()
+        with transaction.atomic():
+            Request.objects.filter(hall=first).update(hall=third)
+            Request.objects.filter(desk=desks[2]).update(hall=second)
+        self.assert_right()
+        assert dict(Wing.objects.values_list("pk", "desk_total")) == {east.pk: 1, west.pk: 2}

@@ -4,7 +4,7 @@ its samples.  From an outside tester's reports of deadlocks between single
 writes (tests/test_concurrency.py)."""
 
 from django.db import models
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Max, Sum
 from django.db.models.functions import Coalesce
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
@@ -84,3 +84,26 @@ class Store(MaintainedModel):
 
 class Sale(MaintainedModel):
     store = models.ForeignKey(Store, related_name="sales", on_delete=models.CASCADE)
+
+
+class Wing(MaintainedModel):
+    """A recompute that moves a row to another parent: each desk sits in the
+    last hall asked for it, each hall counts its desks, each wing sums its
+    halls' counts.  The work of a request finds the hall the desk joins only
+    once the desk's move is written, after the rows it locked up front."""
+
+    desk_total = maintained(models.IntegerField(default=0), Coalesce(Sum("halls__desk_count"), 0))
+
+
+class Hall(MaintainedModel):
+    wing = models.ForeignKey(Wing, related_name="halls", on_delete=models.CASCADE)
+    desk_count = maintained(models.IntegerField(default=0), Count("desks"))
+
+
+class Desk(MaintainedModel):
+    hall = maintained(models.ForeignKey(Hall, models.SET_NULL, null=True, related_name="desks"), Max("requests__hall"))
+
+
+class Request(MaintainedModel):
+    desk = models.ForeignKey(Desk, related_name="requests", on_delete=models.CASCADE)
+    hall = models.ForeignKey(Hall, related_name="+", on_delete=models.CASCADE)
