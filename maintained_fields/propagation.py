@@ -28,13 +28,16 @@ from .conf import get_config
 from .graph import REVERSE, Dependency, Graph, ModelNode, Spec, get_graph
 from .writes import (
     Carrier,
+    Changed,
     Targets,
     announced_at_the_end,
     chunks,
+    composite,
     fetch,
     forward_reads,
     lock_rows,
     recompute,
+    recompute_in_one_message,
     resolve,
     share_lock_read,
 )
@@ -175,42 +178,10 @@ def _recompute_all(
     recomputed: dict[str, set[Any]] = {}  # label: rows recomputed
     written = 0
     size = batch_size or get_config()["BATCH_SIZE"]
-    # Lock every row the work may reach before recomputing any, model by
-    # model in one order for every writer: rows locked as they are found
-    # would let two writers each hold a row the other wants next.  Once the
-    # rows of an attempt that gave them back are locked up front, no lock
-    # is waited for: a row missing from them is added, and the work begun again.
-    _lock_in_order(graph, up_front, db, size)
-    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-    known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
-    locked: dict[type[models.Model], set[Any]] | None = None
-    if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
-        locked = _lock_reach(
-            graph, known, labels, db, batch_size, resolved, nowait=bool(up_front) and nowait, carrier=carrier
-        )
-        for model, rows in up_front.items():
-            locked.setdefault(model, set()).update(rows)
-    for (model, specs), targets in zip(graph.order, known):
-        if pending:
-            _merge_targets(targets, _targets(specs, pending, labels, db, batch_size, resolved))
-        if not targets:
-            continue
-        if locked is not None:
-            pks, read = list(targets), {s for found in targets.values() for s in found}
-            try:
-                _lock_late(model, targets, locked, db, size, nowait)
-                share_lock_read(model, db, pks, read, locked, nowait=nowait)
-            except DatabaseError:
-                if not (nowait and gives_back):
-                    raise
-                raise _LateRows({**locked, model: locked.get(model, set()) | set(pks)}, model, pks, read) from None
-        node = graph.nodes[model]
-        # Where a change leads nowhere and no object in memory is the row, the
-        # rows need not be read back: only counted.
-        quiet = model not in models_in_memory and not _leads_on(
-            node, frozenset(spec.field.attname for spec in specs), labels
-        )
-        changed = recompute(model, targets, db, batch_size, locked=True, quiet=quiet)
+
+    def take(model: type[models.Model], node: ModelNode, targets: Targets, changed: Changed) -> None:
+        """Follow what a recompute of ``targets`` of ``model`` ``changed``."""
+        nonlocal written
         leads: dict[frozenset[str], bool] = {}  # whether a change of these columns leads anywhere
         for instance, old in changed:
             columns = frozenset(old)
@@ -224,7 +195,101 @@ def _recompute_all(
                     setattr(mine, attname, getattr(instance, attname))
         recomputed.setdefault(model._meta.label, set()).update(targets)
         written += changed.total
+
+    # Lock every row the work may reach before recomputing any, model by
+    # model in one order for every writer: rows locked as they are found
+    # would let two writers each hold a row the other wants next.  Once the
+    # rows of an attempt that gave them back are locked up front, no lock
+    # is waited for: a row missing from them is added, and the work begun again.
+    _lock_in_order(graph, up_front, db, size)
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+    known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
+    locked: dict[type[models.Model], set[Any]] | None = None
+    # Groups recomputed ahead of their turn, with the rows and specs recomputed.
+    ahead: dict[int, Targets] = {}
+    if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
+        locked, reach = _lock_reach(
+            graph, known, labels, db, batch_size, resolved, nowait=bool(up_front) and nowait, carrier=carrier
+        )
+        for model, rows in up_front.items():
+            locked.setdefault(model, set()).update(rows)
+        if carrier is not None:
+            ahead = _recompute_ahead(graph, reach, size, db, labels, models_in_memory, take)
+    # A row recomputed ahead is found again in its turn, and recomputed again
+    # only if a recompute in its turn changed something since.
+    anew = False
+    for position, ((model, specs), targets) in enumerate(zip(graph.order, known)):
+        if pending:
+            _merge_targets(targets, _targets(specs, pending, labels, db, batch_size, resolved))
+        if position in ahead and not anew:
+            done = ahead[position]
+            targets = {pk: found for pk, found in targets.items() if not found <= done.get(pk, frozenset())}
+        if not targets:
+            continue
+        if locked is not None:
+            pks, read = list(targets), {s for found in targets.values() for s in found}
+            try:
+                _lock_late(model, targets, locked, db, size, nowait)
+                share_lock_read(model, db, pks, read, locked, nowait=nowait)
+            except DatabaseError:
+                if not (nowait and gives_back):
+                    raise
+                raise _LateRows({**locked, model: locked.get(model, set()) | set(pks)}, model, pks, read) from None
+        node = graph.nodes[model]
+        changed = recompute(
+            model, targets, db, batch_size, locked=True, quiet=_quiet(node, specs, labels, models_in_memory)
+        )
+        take(model, node, targets, changed)
+        anew = anew or bool(changed.total)
     return recomputed, written
+
+
+def _quiet(
+    node: ModelNode, specs: tuple[Spec, ...], labels: frozenset[str] | None, in_memory: set[Any]
+) -> bool:
+    """Whether a recompute of the group ``specs`` of ``node`` need only count
+    the rows it changes: where a change leads nowhere and no object in memory
+    is the row, the rows need not be read back."""
+    return node.model not in in_memory and not _leads_on(node, frozenset(spec.field.attname for spec in specs), labels)
+
+
+def _recompute_ahead(
+    graph: Graph,
+    reach: list[Targets],
+    size: int,
+    db: str,
+    labels: frozenset[str] | None,
+    in_memory: set[Any],
+    take: Callable[[type[models.Model], ModelNode, Targets, Changed], None],
+) -> dict[int, Targets]:
+    """Recompute every row of the locked ``reach`` at once, group after
+    group, in one message (:func:`recompute_in_one_message`), where each
+    group is one statement, and hand each result to ``take``; return the
+    groups recomputed, by position in ``graph.order``, none where they
+    cannot all be.
+
+    A row is recomputed as if what it reads had changed; where it had not,
+    the statement finds the stored value right and writes nothing.  One
+    round trip where, group by group, a write would wait for each result
+    before sending the next statement.
+    """
+    groups = [(position, targets) for position, targets in enumerate(reach) if targets]
+    if len(groups) < 2:
+        return {}
+    jobs = []
+    for position, targets in groups:
+        model, specs = graph.order[position]
+        if (
+            len(targets) > size
+            or composite(model)
+            or any(spec.expression is None or spec in graph.reads_forward for spec in specs)
+        ):
+            return {}
+        jobs.append((model, targets, _quiet(graph.nodes[model], specs, labels, in_memory)))
+    for (position, targets), changed in zip(groups, recompute_in_one_message(jobs, db)):
+        model = graph.order[position][0]
+        take(model, graph.nodes[model], targets, changed)
+    return dict(groups)
 
 
 def _leads_on(node: ModelNode, changed: frozenset[str], labels: frozenset[str] | None) -> bool:
@@ -326,8 +391,8 @@ def _reach_by_model(
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
     known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
     by_model: dict[type[models.Model], set[Any]] = {}
-    for (model, _), rows in zip(graph.order, _walk_reach(graph, known, labels, db, None, resolved, lock=False)):
-        by_model.setdefault(model, set()).update(rows)
+    for (model, _), targets in zip(graph.order, _walk_reach(graph, known, labels, db, None, resolved, lock=False)):
+        by_model.setdefault(model, set()).update(targets)
     return by_model
 
 
@@ -403,8 +468,9 @@ def _lock_reach(
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]],
     nowait: bool = False,
     carrier: Carrier | None = None,
-) -> dict[type[models.Model], set[Any]]:
-    """Lock the rows the work may recompute (:func:`_walk_reach`); return them by model.
+) -> tuple[dict[type[models.Model], set[Any]], list[Targets]]:
+    """Lock the rows the work may recompute (:func:`_walk_reach`); return
+    them by model, and what the walk found.
 
     The rows of ``graph.walk_locks`` are locked by the query that reads
     their links, as the walk meets them; the others after it, model by
@@ -414,12 +480,11 @@ def _lock_reach(
     carrier is given then (:func:`process`).
     """
     reach = _walk_reach(graph, known, labels, db, size, resolved, lock=True, nowait=nowait, carrier=carrier)
-    locked = {model: rows for (model, _), rows in zip(graph.order, reach) if rows and model in graph.walk_locks}
-    rest = [set() if model in graph.walk_locks else rows for (model, _), rows in zip(graph.order, reach)]
+    locked: dict[type[models.Model], set[Any]] = {}
     by_model: dict[type[models.Model], set[Any]] = {}
-    for (model, _), rows in zip(graph.order, rest):
-        if rows:
-            by_model.setdefault(model, set()).update(rows)
+    for (model, _), targets in zip(graph.order, reach):
+        if targets:
+            (locked if model in graph.walk_locks else by_model).setdefault(model, set()).update(targets)
     try:
         _lock_in_order(graph, by_model, db, size or get_config()["BATCH_SIZE"], nowait=nowait, carried=carrier)
     except DatabaseError:
@@ -427,7 +492,7 @@ def _lock_reach(
             raise
         raise _LateRows(rows=by_model) from None
     locked.update(by_model)
-    return locked
+    return locked, reach
 
 
 def _walk_reach(
@@ -440,9 +505,10 @@ def _walk_reach(
     lock: bool,
     nowait: bool = False,
     carrier: Carrier | None = None,
-) -> list[set[Any]]:
+) -> list[Targets]:
     """Per group of ``graph.order``, the rows ``known`` and the rows
-    downstream of them, as if every value the work recomputes changed; with
+    downstream of them, each with the specs it would be recomputed for, as
+    if every value the work recomputes changed; with
     ``lock``, the rows of ``graph.walk_locks`` locked as they are read (by
     a statement the ``carrier`` takes to the next, where nothing is read).
 
@@ -450,15 +516,14 @@ def _walk_reach(
     field of its group, as :func:`process` recomputes it: a study reached
     for its count does not reach what reads its label, and the lock order
     that ``locks_first`` plans for holds."""
-    reach = [set(targets) for targets in known]
+    reach = [dict(targets) for targets in known]
     downstream: Records = {}
-    for (model, specs), targets, rows in zip(graph.order, known, reach):
-        targets = dict(targets)
+    for (model, specs), targets in zip(graph.order, reach):
         if downstream:
             _merge_targets(targets, _targets(specs, downstream, labels, db, size, resolved))
-            rows.update(targets)
-        if not rows:
+        if not targets:
             continue
+        rows = set(targets)
         node = graph.nodes[model]
         written = {found: frozenset(spec.field.attname for spec in found) for found in set(targets.values())}
         every = frozenset().union(*written.values())

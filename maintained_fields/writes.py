@@ -268,12 +268,51 @@ def recompute(
         expressions = {spec for spec in specs if spec.expression is not None}
         rows, evaluated = read(model, db, batch, expressions)
         changed += update_rows(model, db, rows, lambda row: targets[row.pk], size, evaluated)
+    _note_dry_run(model, changed)
+    return changed
+
+
+def recompute_in_one_message(
+    jobs: list[tuple[type[models.Model], Targets, bool]], db: str
+) -> list[Changed]:
+    """PostgreSQL, parameters bound client-side: :func:`recompute` each job,
+    (model, targets, quiet), in turn, every row locked already, with one
+    statement a job sent in one message: PostgreSQL runs them in order,
+    each with a snapshot of its own, so that each reads what those before it
+    wrote.  Every job must be one batch of one model whose specs are all
+    expressions (:func:`recompute` would write it with one
+    :func:`update_from_select`).  Returns what :func:`recompute` returns, a job each.
+    """
+    connection = connections[db]
+    dry_run = _dry_run.get() is not None
+    made = []
+    for model, targets, quiet in jobs:
+        quiet = quiet and not dry_run and not maintained_values_written.has_listeners(model)
+        specs = {spec for found in set(targets.values()) for spec in found}
+        made.append((model, quiet, *_update_from_select(model, db, sorted(targets), specs, not quiet)))
+    results = []
+    with connection.cursor() as cursor:
+        cursor.execute("; ".join(sql for _, _, sql, _, _ in made), [p for _, _, _, params, _ in made for p in params])
+        for position, (model, quiet, _, _, read) in enumerate(made):
+            if position:
+                cursor.nextset()
+            changed = Changed()
+            if quiet:
+                changed.unlisted = read(cursor)
+            else:
+                changed += read(cursor)
+            _note_dry_run(model, changed)
+            results.append(changed)
+    return results
+
+
+def _note_dry_run(model: type[models.Model], changed: list[tuple[Any, dict[str, Any]]]) -> None:
+    """In a dry run, add what ``changed`` holds to its report."""
     changes = _dry_run.get()
     if changes is not None:
         for row, old in changed:
             for attname, stored in old.items():
                 changes.setdefault((model, row.pk, attname), [stored, None])[1] = getattr(row, attname)
-    return changed
 
 
 class Changed(list[tuple[Any, dict[str, Any]]]):
@@ -300,6 +339,17 @@ def update_from_select(
     The rows must be locked already: the SELECT reads as the statement
     starts, and a wait for a row lock inside it would not read again.
     """
+    sql, params, read = _update_from_select(model, db, pks, specs, returning)
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return read(cursor)
+
+
+def _update_from_select(
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec], returning: bool
+) -> tuple[str, list[Any], Callable[[Any], Any]]:
+    """The statement of :func:`update_from_select`, its parameters, and what
+    reads its result from a cursor that has run it."""
     specs = tuple(sorted(specs, key=lambda spec: spec.field.attname))
     connection = connections[db]
     meta = model._meta
@@ -335,18 +385,24 @@ def update_from_select(
             [field.get_col(meta.db_table) for field in [*returned, *(spec.field for spec in specs)]],
         )
 
-    if not returning:
-        return run(("update, counted", model, specs), model, db, pks, query, statement)
-    found = fetch(("update", model, specs), model, db, pks, query, statement)
-    width, count = 1 + len(links), len(specs)
-    changed, groups = _changes(
-        ((v[0], v[1:width], v[width + count :], v[width : width + count]) for v in found),
-        [field.attname for field in links],
-        specs,
-    )
-    for written, rows in groups.items():
-        _announce(model, db, rows, sorted(written))
-    return changed
+    key = ("update", model, specs) if returning else ("update, counted", model, specs)
+    sql, params, converters = _keyed(key, model, db, pks, partial(_select, query, statement, db))
+
+    def read(cursor: Any) -> Any:
+        if not returning:
+            return int(cursor.rowcount)
+        found = _converted([list(row) for row in cursor.fetchall()], converters, connection)
+        width, count = 1 + len(links), len(specs)
+        changed, groups = _changes(
+            ((v[0], v[1:width], v[width + count :], v[width : width + count]) for v in found),
+            [field.attname for field in links],
+            specs,
+        )
+        for written, rows in groups.items():
+            _announce(model, db, rows, sorted(written))
+        return changed
+
+    return sql, params, read
 
 
 def _link_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
@@ -818,22 +874,6 @@ def fetch(
         cursor.execute(sql, params)
         rows = [list(row) for row in cursor.fetchall()]
     return _converted(rows, converters, connection)
-
-
-def run(
-    key: tuple[Any, ...],
-    model: type[models.Model],
-    db: str,
-    pks: list[Any],
-    query: Callable[[list[Any]], models.QuerySet[Any]],
-    statement: Callable[[str], tuple[str, list[Any]]],
-) -> int:
-    """Run the statement that :func:`fetch` would, one that returns no rows:
-    how many rows it wrote."""
-    sql, params, _ = _keyed(key, model, db, pks, partial(_select, query, statement, db))
-    with connections[db].cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
 
 
 def _select(

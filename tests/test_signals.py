@@ -40,6 +40,24 @@ def test_nothing_is_sent_when_no_value_changes(study, written):
     assert written == []
 
 
+def test_a_row_the_work_reaches_but_leaves_as_it_was_is_not_announced(written):
+    # A sale moved between two stores of one region: both stores' counts
+    # change, the region's total does not, though the work recomputes it
+    # (on PostgreSQL, in the same message as the stores).
+    from tests.chain.models import Region, Sale, Store
+
+    region = Region.objects.create()
+    first, second = (Store.objects.create(region=region) for _ in range(2))
+    sale = Sale.objects.create(store=first)
+    written.clear()
+    sale.store = second
+    sale.save()
+    assert [(sender, pks, fields) for sender, pks, fields, _ in written] == [
+        (Store, sorted([first.pk, second.pk]), ["sale_count"])
+    ]
+    assert Region.objects.get().sale_total == 1
+
+
 def test_a_flush_is_logged_with_counts_and_time(lab, study, caplog):
     with caplog.at_level(logging.INFO, logger="maintained_fields"):
         with override_autoupdate(mode="deferred"):
