@@ -15,8 +15,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
@@ -34,6 +34,7 @@ from .writes import (
     chunks,
     composite,
     fetch,
+    fetch_ahead,
     forward_reads,
     lock_rows,
     recompute,
@@ -505,12 +506,15 @@ def _walk_reach(
     lock: bool,
     nowait: bool = False,
     carrier: Carrier | None = None,
+    ahead: bool = False,
 ) -> list[Targets]:
     """Per group of ``graph.order``, the rows ``known`` and the rows
     downstream of them, each with the specs it would be recomputed for, as
     if every value the work recomputes changed; with
     ``lock``, the rows of ``graph.walk_locks`` locked as they are read (by
     a statement the ``carrier`` takes to the next, where nothing is read).
+    With ``ahead``, the walk stops at its first statement: a read goes to
+    the carrier, which keeps its rows for the walk made again.
 
     A row counts as changing the fields it is recomputed for, not every
     field of its group, as :func:`process` recomputes it: a study reached
@@ -536,10 +540,16 @@ def _walk_reach(
             if hop.kind == REVERSE and (hop.triggers is None or hop.triggers & every)
         ]
         if locks and carrier is not None and not links and not _leads_on(node, every, labels):
+            if ahead:
+                break
             lock_rows(model, db, rows, size or get_config()["BATCH_SIZE"], carried=carrier)
             continue
+        if ahead:
+            if locks:
+                rows_with_links(model, db, rows, links, size, lock=True, carrier=carrier, ahead=True)
+            break
         try:
-            linked = rows_with_links(model, db, rows, links, size, lock=locks, nowait=nowait)
+            linked = rows_with_links(model, db, rows, links, size, lock=locks, nowait=nowait, carrier=carrier)
         except DatabaseError:
             if not nowait:
                 raise
@@ -550,6 +560,30 @@ def _walk_reach(
     return reach
 
 
+@contextmanager
+def reading_ahead(db: str, labels: frozenset[str] | None, records: Records) -> Iterator[None]:
+    """A block whose first statement carries the first read that processing
+    ``records`` makes (it locks the rows the work reaches first and reads
+    their links), and whose processing finds that read's rows kept: an
+    insert sends it with its INSERT, one round trip fewer.  Nothing is read
+    ahead where that read needs a query first (a record to resolve), or
+    where the work locks otherwise (rows read through foreign keys)."""
+    with Carrier.carrying(db) as carrier:
+        graph = get_graph()
+        if (
+            carrier is not None
+            and get_config()["LOCK_ROWS"]
+            and not any(index for _, index in records)
+            and not any(dep.spec in graph.reads_forward for dep, _ in records)
+        ):
+            pending: Records = {}
+            merge(pending, records)
+            resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+            known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
+            _walk_reach(graph, known, labels, db, None, resolved, lock=True, carrier=carrier, ahead=True)
+        yield
+
+
 def rows_with_links(
     model: type[models.Model],
     db: str,
@@ -558,11 +592,15 @@ def rows_with_links(
     size: int | None = None,
     lock: bool = False,
     nowait: bool = False,
+    carrier: Carrier | None = None,
+    ahead: bool = False,
 ) -> list[Any]:
     """The rows ``pks`` with the values of the foreign keys ``links``: the rows
     that exist, read in batches (locked in primary-key order with ``lock``,
     not waited for with ``nowait``); with no links and no lock, every pk,
-    nothing read."""
+    nothing read.  A batch the ``carrier`` read ahead is not read again;
+    with ``ahead``, the carrier reads each batch with the next statement,
+    and nothing is returned."""
     links = tuple(links)
     if not links and not lock:
         return [SimpleNamespace(pk=pk) for pk in pks]
@@ -572,8 +610,12 @@ def rows_with_links(
         return (lock_rows_of(rows.order_by("pk"), nowait) if lock else rows).values_list("pk", *links)
 
     found = []
+    key = ("links", model, links, lock, nowait)
     for batch in chunks(sorted(pks) if lock else pks, size or get_config()["BATCH_SIZE"]):
-        rows = fetch(("links", model, links, lock, nowait), model, db, batch, query)
+        if ahead:
+            fetch_ahead(key, model, db, batch, query, cast(Carrier, carrier))
+            continue
+        rows = fetch(key, model, db, batch, query, carrier=carrier)
         found += [SimpleNamespace(**dict(zip(("pk", *links), row))) for row in rows]
     return found
 

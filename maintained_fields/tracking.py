@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from datetime import date, time, timedelta
 from decimal import Decimal
@@ -31,6 +31,7 @@ from .propagation import (
     lock_first,
     lock_reach,
     merge,
+    reading_ahead,
     recompute_records,
     records_for,
     retrying,
@@ -333,6 +334,37 @@ def _save_and_record(
     before_insert = now[: len(now) - len(in_insert)]
     if before_insert:
         compute_own_rows([instance], before_insert, using)
+    with _reading_ahead(instance, node, scope, using, adding and old is None and not later):
+        _save_and_dispatch(instance, save, kwargs, node, scope, using, written, old, later, in_insert)
+
+
+def _reading_ahead(
+    instance: models.Model, node: ModelNode, scope: modes.Scope, using: str, inserting: bool
+) -> AbstractContextManager[None]:
+    """Where the immediate save of a new row leads only to parents, a block
+    whose INSERT carries the first read of their work (:func:`reading_ahead`)."""
+    if not inserting or scope.mode != modes.IMMEDIATE or connections[using].vendor != "postgresql":
+        return nullcontext()
+    where = insert_plan(node, scope.labels).where
+    if not where or any(up_link is None for _, up_link in where):
+        return nullcontext()
+    return reading_ahead(using, scope.labels, created_records(where, instance, []))
+
+
+def _save_and_dispatch(
+    instance: models.Model,
+    save: Callable[..., None],
+    kwargs: dict[str, Any],
+    node: ModelNode,
+    scope: modes.Scope,
+    using: str,
+    written: frozenset[str] | None,
+    old: dict[str, Any] | None,
+    later: list[Spec],
+    in_insert: list[Spec],
+) -> None:
+    """The end of :func:`_save_and_record`: the write, and the work it leads to."""
+    adding = instance._state.adding
     if in_insert:
         # Each field holds its expression on the instance's values until insert() swaps it for the row's.
         before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}

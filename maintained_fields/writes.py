@@ -615,10 +615,14 @@ def lock_rows(
 
 
 class Carrier:
-    """Statements whose results nothing reads (the locks of the last rows of
-    a reach), sent with the next statement run on the connection, in one
+    """Statements sent with the next statement run on the connection, in one
     round trip and in the order they were made: PostgreSQL runs the
     statements of one message in turn, each with a snapshot of its own.
+
+    Most are locks whose results nothing reads (the last rows of a reach).
+    One may be a read whose result is kept (:meth:`kept`) for the same
+    statement made next: the first read of the work of an insert, sent
+    with the INSERT.  Any other statement run first drops it.
 
     Used as an execute wrapper (:meth:`carrying`), on psycopg 3 with
     parameters bound client-side, Django's default: server-side binding
@@ -628,45 +632,69 @@ class Carrier:
 
     def __init__(self, db: str) -> None:
         self.db = db
-        self.pending: list[tuple[str, list[Any]]] = []
+        self.pending: list[tuple[str, list[Any], bool]] = []
+        self.result: tuple[str, list[Any], list[list[Any]]] | None = None
 
-    def add(self, sql: str, params: Any) -> None:
-        self.pending.append((sql, list(params)))
+    def add(self, sql: str, params: Any, keep: bool = False) -> None:
+        """Carry the statement; with ``keep``, keep its rows for :meth:`kept`."""
+        self.pending.append((sql, list(params), keep))
 
-    def _taken(self) -> tuple[int, str, list[Any]]:
-        """Empty the carried statements: how many, their SQL as one, their parameters."""
+    def kept(self, sql: str, params: list[Any]) -> list[list[Any]] | None:
+        """The rows of the carried statement ``sql`` with ``params``, if it
+        was kept and no statement has run since; each is given once."""
+        result, self.result = self.result, None
+        if result is not None and result[0] == sql and result[1] == params:
+            return result[2]
+        return None
+
+    def _taken(self) -> tuple[list[tuple[str, list[Any], bool]], str, list[Any]]:
+        """Empty the carried statements: them, their SQL as one, their parameters."""
         pending, self.pending = self.pending, []
-        return len(pending), "; ".join(sql for sql, _ in pending), [p for _, params in pending for p in params]
+        return pending, "; ".join(sql for sql, _, _ in pending), [p for _, params, _ in pending for p in params]
+
+    def _read(self, cursor: Any, carried: list[tuple[str, list[Any], bool]]) -> None:
+        """Past each carried statement's result, keeping those to keep."""
+        for sql, params, keep in carried:
+            if keep:
+                self.result = (sql, params, [list(row) for row in cursor.fetchall()])
+            cursor.nextset()
 
     def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        self.result = None
         if not self.pending:
             return execute(sql, params, many, context)
-        count, carried, carried_params = self._taken()
+        carried, joined, carried_params = self._taken()
         if many or params is None:
-            execute(carried, carried_params, False, context)
+            execute(joined, carried_params, False, context)
+            self._read(context["cursor"], carried)
+            self.result = None  # the caller's statement runs after it
             return execute(sql, params, many, context)
-        result = execute(f"{carried}; {sql}", [*carried_params, *params], False, context)
-        for _ in range(count):
-            context["cursor"].nextset()  # past each carried statement's result, to the caller's
+        result = execute(f"{joined}; {sql}", [*carried_params, *params], False, context)
+        self._read(context["cursor"], carried)  # to the caller's result
         return result
 
     def send(self) -> None:
         """Run what is still carried, now."""
-        count, carried, carried_params = self._taken()
-        if count:
+        carried, joined, carried_params = self._taken()
+        if carried:
             with connections[self.db].cursor() as cursor:
-                cursor.execute(carried, carried_params)
+                cursor.execute(joined, carried_params)
 
     @classmethod
     @contextmanager
     def carrying(cls, db: str) -> Iterator[Carrier | None]:
-        """A carrier for the block's statements on ``db``, where the
-        connection can send several statements in one message; None where
-        it cannot.  What is still carried when the block ends without an
-        error is sent then."""
+        """A carrier for the block's statements on ``db`` (the one already
+        carrying there, if any), where the connection can send several
+        statements in one message; None where it cannot.  What is still
+        carried when the block ends without an error is sent then."""
         connection = connections[db]
         if connection.vendor != "postgresql" or not _binds_client_side(connection):
             yield None
+            return
+        carrier = next((w for w in connection.execute_wrappers if isinstance(w, Carrier)), None)
+        if carrier is not None:
+            yield carrier
+            carrier.send()
             return
         carrier = cls(db)
         with connection.execute_wrapper(carrier):
@@ -851,10 +879,13 @@ def fetch(
     pks: list[Any],
     query: Callable[[list[Any]], models.QuerySet[Any]],
     statement: Callable[[str], tuple[str, list[Any]]] | None = None,
+    carrier: Carrier | None = None,
 ) -> list[list[Any]]:
     """The rows ``query(pks)`` selects, converted as the ORM converts them;
     with ``statement``, the rows of the statement it makes of the query's
-    SQL, and the expressions that say how to convert each column.
+    SQL, and the expressions that say how to convert each column.  Rows
+    that the ``carrier`` kept of the same statement, sent ahead, are not
+    read again (:func:`fetch_ahead`).
 
     Compiling a query with a subquery per aggregate costs more than running
     it, so its SQL is compiled once per ``key``, database and number of keys,
@@ -870,10 +901,27 @@ def fetch(
         return rows
     connection = connections[db]
     sql, params, converters = _keyed(key, model, db, pks, partial(_select, query, statement, db))
+    kept = carrier.kept(sql, params) if carrier is not None else None
+    if kept is not None:
+        return _converted(kept, converters, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = [list(row) for row in cursor.fetchall()]
     return _converted(rows, converters, connection)
+
+
+def fetch_ahead(
+    key: tuple[Any, ...],
+    model: type[models.Model],
+    db: str,
+    pks: list[Any],
+    query: Callable[[list[Any]], models.QuerySet[Any]],
+    carrier: Carrier,
+) -> None:
+    """Have the ``carrier`` send what :func:`fetch` would, with the next
+    statement, and keep its rows for that :func:`fetch` if it comes next."""
+    if not composite(model):
+        carrier.add(*_keyed(key, model, db, pks, partial(_select, query, None, db))[:2], keep=True)
 
 
 def _select(

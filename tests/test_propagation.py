@@ -309,3 +309,59 @@ class TestARecomputeThatMovesARow:
             Request.objects.filter(desk=desks[2]).update(hall=second)
         self.assert_right()
         assert dict(Wing.objects.values_list("pk", "desk_total")) == {east.pk: 1, west.pk: 2}
+
+
+class TestRoundTrips:
+    """What an immediate save of a child costs in statements sent (tests.chain:
+    Region > Store > Sale, counts and sums, nothing read through a foreign key)."""
+
+    def totals_are_right(self):
+        from tests.chain.models import Region, Sale, Store
+
+        sales = list(Sale.objects.values_list("store", flat=True))
+        stores = dict(Store.objects.values_list("pk", "region"))
+        assert dict(Store.objects.values_list("pk", "sale_count")) == {pk: sales.count(pk) for pk in stores}
+        regions = {pk: 0 for pk in Region.objects.values_list("pk", flat=True)}
+        for store in sales:
+            regions[stores[store]] += 1
+        assert dict(Region.objects.values_list("pk", "sale_total")) == regions
+
+    def test_an_insert_sends_two_messages_on_postgresql(self, sql):
+        # The INSERT carries the lock of the store, which reads its region;
+        # the next message locks the region and recomputes both.  SQLite:
+        # the INSERT and a recompute a level.  MySQL and MariaDB: the store
+        # locked before the INSERT and again with its region, the region
+        # locked, and each level's values read, then written.
+        from django.db import connection
+
+        from tests.chain.models import Region, Sale, Store
+
+        store = Store.objects.create(region=Region.objects.create())
+        Sale.objects.create(store=store)
+        with sql() as queries:
+            Sale.objects.create(store=store)
+        assert len(queries) == {"postgresql": 2, "mysql": 8}.get(connection.vendor, 3), queries
+        self.totals_are_right()
+
+    def test_a_receiver_that_moves_the_parent_before_the_work_reads_it(self):
+        # The store's region is read with the INSERT; a receiver of post_save
+        # moves the store before the work runs, and the work must count the
+        # sale in the region the store is in now.
+        from django.db.models.signals import post_save
+
+        from tests.chain.models import Region, Sale, Store
+
+        first, second = Region.objects.create(), Region.objects.create()
+        store = Store.objects.create(region=first)
+
+        def move(sender, instance, created, **kwargs):
+            Store.objects.filter(pk=instance.store_id).update(region=second)
+
+        post_save.connect(move, sender=Sale)
+        try:
+            with transaction.atomic():
+                Sale.objects.create(store=store)
+        finally:
+            post_save.disconnect(move, sender=Sale)
+        self.totals_are_right()
+        assert (Region.objects.get(pk=first.pk).sale_total, Region.objects.get(pk=second.pk).sale_total) == (0, 1)
