@@ -568,14 +568,16 @@ def reading_ahead(db: str, labels: frozenset[str] | None, records: Records) -> I
     insert sends it with its INSERT, one round trip fewer.  Nothing is read
     ahead where that read needs a query first (a record to resolve), or
     where the work locks otherwise (rows read through foreign keys)."""
+    graph = get_graph()
+    if (
+        not get_config()["LOCK_ROWS"]
+        or any(index for _, index in records)
+        or any(dep.spec in graph.reads_forward for dep, _ in records)
+    ):
+        yield
+        return
     with Carrier.carrying(db) as carrier:
-        graph = get_graph()
-        if (
-            carrier is not None
-            and get_config()["LOCK_ROWS"]
-            and not any(index for _, index in records)
-            and not any(dep.spec in graph.reads_forward for dep, _ in records)
-        ):
+        if carrier is not None:
             pending: Records = {}
             merge(pending, records)
             resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
