@@ -15,6 +15,7 @@ E011      a ``maintained()`` expression aggregates the row's own fields
 E012      a ``maintained()`` expression can be NULL (over no rows, through a nullable key), into a NOT NULL field
 E013      a ``maintained()`` expression reads a to-many relation outside an aggregate
 E014      a ``maintained()`` expression's values are of another kind than its column's
+          (fractions into an integer column among them)
 W001      bulk writes through the default manager are not seen
 W002      reverse foreign key ``add(bulk=True)`` is not seen
 ========  ===============================================================

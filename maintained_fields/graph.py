@@ -300,6 +300,15 @@ def _kind_mismatch(model: type[models.Model], target: Any, expression: Any) -> t
             "Set output_field= on the expression, e.g. Sum('kids__qty', output_field=FloatField()).",
         )
     given, wanted = _kind(output), _kind(target)
+    if given == wanted == "number" and _fractional(output) and not _fractional(_target_of(target)):
+        return (
+            f"gives fractions ({type(output).__name__}) and {target.model._meta.label}.{target.name} "
+            f"is an integer column ({type(target).__name__}): each database makes an integer of a "
+            "fraction its own way (SQLite keeps the fraction, PostgreSQL and MariaDB round it), and "
+            "the package's writes and its check would not agree on the value.",
+            "Make it an integer in the expression, e.g. Cast(Round(...), output_field=IntegerField()), "
+            "or make the column a FloatField or DecimalField.",
+        )
     if given is None or wanted is None or given == wanted:
         return None
     return (
@@ -331,6 +340,10 @@ def _target_of(field: Any) -> Any:
     while field.is_relation and getattr(field, "target_field", None) is not None:
         field = field.target_field
     return field
+
+
+def _fractional(field: Any) -> bool:
+    return isinstance(field, (models.FloatField, models.DecimalField))
 
 
 def _kind(field: Any) -> str | None:

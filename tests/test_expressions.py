@@ -308,6 +308,74 @@ def test_values_of_another_kind_than_the_column_s_are_a_check_error():
 
 
 @isolate_apps("tests.expressions")
+def test_a_fraction_into_an_integer_column_is_a_check_error():
+    # From an outside tester: F("size") / 2.0 into an IntegerField stored 3.5
+    # on SQLite and 4 on PostgreSQL, while the check computed 3 and reported
+    # drift right after every write.
+    from django.db.models import Avg, IntegerField
+    from django.db.models.functions import Cast, Round
+
+    class Bowl(MaintainedModel):
+        size = models.IntegerField(default=0)
+        half = maintained(models.IntegerField(default=0), F("size") / 2.0)
+        mean = maintained(models.IntegerField(default=0), Avg("spoons__size", default=0))
+        weight = maintained(models.BigIntegerField(default=0), Sum("spoons__weight", default=0))
+        # Made integers in the expression, or fractions into fractional columns: fine.
+        cast = maintained(models.IntegerField(default=0), Cast(F("size") / 2.0, output_field=IntegerField()))
+        rounded = maintained(
+            models.IntegerField(default=0), Cast(Round(Avg("spoons__size", default=0)), output_field=IntegerField())
+        )
+        ratio = maintained(models.FloatField(default=0), F("size") / 2.0)
+        exact = maintained(
+            models.DecimalField(max_digits=9, decimal_places=3, default=0), Sum("spoons__weight", default=0)
+        )
+        divided = maintained(models.IntegerField(default=0), F("size") / 2)
+        counted = maintained(models.FloatField(default=0), Count("spoons"))
+
+        class Meta:
+            app_label = "expressions"
+
+    class Spoon(MaintainedModel):
+        bowl = models.ForeignKey(Bowl, related_name="spoons", on_delete=models.CASCADE)
+        size = models.IntegerField(default=0)
+        weight = models.DecimalField(max_digits=9, decimal_places=3, default=0)
+
+        class Meta:
+            app_label = "expressions"
+
+    errors = build([Bowl, Spoon]).errors
+    assert [(error.id, error.msg.split(" gives fractions")[0]) for error in errors] == [
+        ("maintained_fields.E014", f"expressions.Bowl.{name}'s maintained() expression")
+        for name in ("half", "mean", "weight")
+    ]
+    assert "(FloatField) and expressions.Bowl.half is an integer column (IntegerField)" in errors[0].msg
+    assert "(DecimalField) and expressions.Bowl.weight is an integer column (BigIntegerField)" in errors[2].msg
+    assert "Cast(Round(...), output_field=IntegerField())" in errors[0].hint
+
+
+@pytest.mark.django_db
+def test_a_fraction_made_an_integer_is_stored_alike_by_every_write():
+    # What the database makes of Cast(size / 2.0), asked of the database
+    # with a plain query, is what every path must store.
+    from django.db.models import IntegerField
+    from django.db.models.functions import Cast
+
+    from tests.expressions.models import Halved
+
+    Halved.objects.create(size=7)
+    Halved(size=9).save()
+    with override_autoupdate(mode="deferred"):
+        Halved.objects.create(size=5)
+        Halved.objects.bulk_create([Halved(size=11), Halved(size=3)])
+    Halved.objects.filter(size__gt=8).update(size=F("size") + 2)
+    last = Halved.objects.order_by("pk").last()
+    last.size = 1
+    last.save()
+    expected = Halved.objects.annotate(made=Cast(F("size") / 2.0, output_field=IntegerField()))
+    assert sorted(Halved.objects.values_list("size", "half")) == sorted(expected.values_list("size", "made"))
+
+
+@isolate_apps("tests.expressions")
 def test_an_aggregate_that_is_null_over_no_rows_into_a_not_null_field_is_a_check_error():
     # From an outside tester: Max("kids__name") into a NOT NULL field made
     # every write of a row with no kids fail with the database's IntegrityError.

@@ -3,7 +3,7 @@ relation kind, as in tests/drift, so that no path covers for another."""
 
 from django.db import models
 from django.db.models import Avg, Case, Count, F, Max, Q, Sum, Value, When
-from django.db.models.functions import Coalesce, Concat, Upper
+from django.db.models.functions import Cast, Coalesce, Concat, Upper
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
 
@@ -59,3 +59,12 @@ class Part(MaintainedModel):
 class Sticker(MaintainedModel):
     name = models.CharField(max_length=50, default="")
     crate_count = maintained(models.IntegerField(default=0), Count("crates"))
+
+
+class Halved(MaintainedModel):
+    """An integer column maintained from a fraction, made an integer in the
+    expression (check E014 refuses it otherwise): each database makes its own
+    integer of 4.5, and every write path must store that one."""
+
+    size = models.IntegerField(default=0)
+    half = maintained(models.IntegerField(default=0), Cast(F("size") / 2.0, output_field=models.IntegerField()))
