@@ -334,21 +334,36 @@ def _save_and_record(
     before_insert = now[: len(now) - len(in_insert)]
     if before_insert:
         compute_own_rows([instance], before_insert, using)
-    with _reading_ahead(instance, node, scope, using, adding and old is None and not later):
+    with _reading_ahead(instance, node, scope, using, written, old, later):
         _save_and_dispatch(instance, save, kwargs, node, scope, using, written, old, later, in_insert)
 
 
 def _reading_ahead(
-    instance: models.Model, node: ModelNode, scope: modes.Scope, using: str, inserting: bool
+    instance: models.Model,
+    node: ModelNode,
+    scope: modes.Scope,
+    using: str,
+    written: frozenset[str] | None,
+    old: dict[str, Any] | None,
+    later: list[Spec],
 ) -> AbstractContextManager[None]:
-    """Where the immediate save of a new row leads only to parents, a block
-    whose INSERT carries the first read of their work (:func:`reading_ahead`)."""
-    if not inserting or scope.mode != modes.IMMEDIATE or connections[using].vendor != "postgresql":
+    """Where an immediate save leads only to parents, a block whose INSERT
+    or UPDATE carries the first read of their work (:func:`reading_ahead`):
+    the records the save will make, made before it.  A new row's (``old``
+    None), or an existing row's whose previous values were read (``old``)."""
+    if later or scope.mode != modes.IMMEDIATE or connections[using].vendor != "postgresql":
         return nullcontext()
-    where = insert_plan(node, scope.labels).where
-    if not where or any(up_link is None for _, up_link in where):
+    if old:
+        changed = changed_attnames(instance, node, written, old)
+        records = records_for(node, instance, labels=scope.labels, changed=changed, old=old, own_row_done=True)
+    elif old is None and instance._state.adding:
+        where = insert_plan(node, scope.labels).where
+        if any(up_link is None for _, up_link in where):
+            return nullcontext()
+        records = created_records(where, instance, [])
+    else:
         return nullcontext()
-    return reading_ahead(using, scope.labels, created_records(where, instance, []))
+    return reading_ahead(using, scope.labels, records) if records else nullcontext()
 
 
 def _save_and_dispatch(

@@ -343,6 +343,23 @@ class TestRoundTrips:
         assert len(queries) == {"postgresql": 2, "mysql": 8}.get(connection.vendor, 3), queries
         self.totals_are_right()
 
+    def test_a_move_sends_three_messages_on_postgresql(self, sql):
+        # The row read and locked, to know where it was; the UPDATE, carrying
+        # the locks of both stores, which read their regions; one message
+        # locking the regions and recomputing all four rows.  SQLite: the
+        # read, the UPDATE, a recompute a level (the stores in one).
+        from django.db import connection
+
+        from tests.chain.models import Region, Sale, Store
+
+        stores = [Store.objects.create(region=Region.objects.create()) for _ in range(2)]
+        sale = Sale.objects.create(store=stores[0])
+        sale.store = stores[1]
+        with sql() as queries:
+            sale.save()
+        assert len(queries) == {"postgresql": 3, "mysql": 9}.get(connection.vendor, 4), queries
+        self.totals_are_right()
+
     def test_a_receiver_that_moves_the_parent_before_the_work_reads_it(self):
         # The store's region is read with the INSERT; a receiver of post_save
         # moves the store before the work runs, and the work must count the
