@@ -61,6 +61,9 @@ _CLEARED = "_maintained_fields_cleared"
 _DELETING = "_maintained_fields_deleting"
 # Set on an instance whose INSERT also computes own-row fields (see insert()); read by MaintainedModelMixin._do_insert.
 RETURNED = "_maintained_fields_returned"
+# Set on an instance whose own-row fields are computed once Django has sent
+# pre_save, whose receivers may change what they read (see after_pre_save()).
+AFTER_PRE_SAVE = "_maintained_fields_after_pre_save"
 
 
 def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
@@ -153,10 +156,16 @@ def _insert_recorded(
         if held:
             later = after_the_write([s for s in node.own_row if s in now or s in later], deferred=True, held=held)
             now = [spec for spec in now if spec not in later]
-        compute_own_rows([instance], now, using)
+        if signals.pre_save.has_listeners(type(instance)):
+            instance.__dict__[AFTER_PRE_SAVE] = (now, [], using)
+        else:
+            compute_own_rows([instance], now, using)
     if _locks_parents_first(using):
         lock_before_write(node, [(instance, None)], using)
-    save(**kwargs)
+    try:
+        save(**kwargs)
+    finally:
+        instance.__dict__.pop(AFTER_PRE_SAVE, None)
     if not scope.buffer.fill(using, scope.labels, partial(created_records, plan.where, instance, later)):  # type: ignore[union-attr]  # the caller checked
         dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
 
@@ -332,10 +341,13 @@ def _save_and_record(
     now = [s for s in own_row if s not in later]
     in_insert = left_to_insert(instance, now, using, kwargs) if now else []
     before_insert = now[: len(now) - len(in_insert)]
-    if before_insert:
+    waits = bool(now) and signals.pre_save.has_listeners(type(instance))
+    if before_insert and not waits:
         compute_own_rows([instance], before_insert, using)
     with _reading_ahead(instance, node, scope, using, written, old, later):
-        _save_and_dispatch(instance, save, kwargs, node, scope, using, written, old, later, in_insert)
+        _save_and_dispatch(
+            instance, save, kwargs, node, scope, using, written, old, later, in_insert, before_insert if waits else None
+        )
 
 
 def _reading_ahead(
@@ -377,19 +389,23 @@ def _save_and_dispatch(
     old: dict[str, Any] | None,
     later: list[Spec],
     in_insert: list[Spec],
+    after_pre_save: list[Spec] | None,
 ) -> None:
-    """The end of :func:`_save_and_record`: the write, and the work it leads to."""
+    """The end of :func:`_save_and_record`: the write, and the work it leads
+    to.  ``after_pre_save``: the own-row fields to compute before the INSERT,
+    once pre_save is sent (None: computed already)."""
     adding = instance._state.adding
-    if in_insert:
-        # Each field holds its expression on the instance's values until insert() swaps it for the row's.
+    if in_insert or after_pre_save is not None:
         before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
-        for spec in in_insert:
-            setattr(instance, spec.field.attname, row_expression(spec, instance, using))
-        instance.__dict__[RETURNED] = in_insert
+        if after_pre_save is not None:
+            instance.__dict__[AFTER_PRE_SAVE] = (after_pre_save, in_insert, using)
+        else:
+            _own_rows_in_insert(instance, in_insert, using)
         try:
             save(**kwargs)
         except BaseException:
             instance.__dict__.pop(RETURNED, None)
+            instance.__dict__.pop(AFTER_PRE_SAVE, None)
             instance.__dict__.update(before)
             raise
     else:
@@ -409,6 +425,26 @@ def _save_and_dispatch(
         if later:
             merge(records, recompute_records(later, [instance.pk]))
     dispatch(scope, using, records, (instance,))
+
+
+def _own_rows_in_insert(instance: models.Model, specs: list[Spec], using: str) -> None:
+    """Have the INSERT compute the own-row expression ``specs``: each field
+    holds its expression on the instance's values until insert() swaps it
+    for the row's."""
+    if specs:
+        for spec in specs:
+            setattr(instance, spec.field.attname, row_expression(spec, instance, using))
+        instance.__dict__[RETURNED] = specs
+
+
+def after_pre_save(instance: models.Model) -> None:
+    """``MaintainedModelMixin._save_table()``: compute the own-row fields left
+    until Django had sent ``pre_save``, whose receivers may have changed
+    what they read (a model with receivers of its ``pre_save``)."""
+    now, in_insert, using = instance.__dict__.pop(AFTER_PRE_SAVE)
+    if now:
+        compute_own_rows([instance], now, using)
+    _own_rows_in_insert(instance, in_insert, using)
 
 
 def created_records(where: tuple[tuple[tuple[Dependency, int], str | None], ...], instance: models.Model,

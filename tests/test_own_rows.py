@@ -325,3 +325,36 @@ def test_a_transform_of_the_row_s_own_field(mode, db):
     with override_autoupdate(mode=mode):
         row.save()
     assert Tagged.objects.values_list("color", "year").get(pk=row.pk) == ("blue", 2025)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_pre_save_receiver_s_change_is_what_the_row_s_fields_read(mode):
+    # From an outside tester: a pre_save receiver that changed the name left
+    # the code computed from the name before it, on every database; Django
+    # sends pre_save inside save(), after the package had computed them.
+    from django.db.models.signals import pre_save
+
+    def in_tens(sender, instance, **kwargs):
+        instance.qty = instance.qty * 10 if instance.qty < 10 else instance.qty
+
+    def right():
+        for qty, price, total, text in Line.objects.values_list("qty", "price", "total", "text"):
+            expected = (qty * price).quantize(Decimal("0.01"))
+            assert (total, text) == (expected, f"total={expected}")
+        return sorted(Line.objects.values_list("qty", flat=True))
+
+    pre_save.connect(in_tens, sender=Line)
+    try:
+        with override_autoupdate(mode=mode):
+            line = Line.objects.create(qty=2, price=Decimal("1.5"))
+            Line(qty=3, price=Decimal("0.25")).save()
+        assert right() == [20, 30]
+        with override_autoupdate(mode=mode):
+            line.qty = 4
+            line.save()
+            again = Line.objects.get(qty=30)
+            again.qty = 5
+            again.save(update_fields=["qty"])
+        assert right() == [40, 50]
+    finally:
+        pre_save.disconnect(in_tens, sender=Line)
