@@ -7,10 +7,10 @@ depend on, to get the same for its bulk writes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import nullcontext
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.db import models, transaction
 from django.db.models import Q
@@ -38,14 +38,17 @@ from .writes import chunks, locking
 from .writes import keyed_values as _values
 from .writes import lock as _lock
 
+T = TypeVar("T")
+
 
 class MaintainedQuerySet(models.QuerySet[Any]):
     """A QuerySet whose ``update()``, ``bulk_create()`` and ``bulk_update()``
     keep maintained fields right, in the mode in force.
 
     ``delete()`` finds what depends on the rows it deletes before it deletes
-    them; ``get_or_create()`` and ``update_or_create()`` go through ``save()``.  Rows are read in bulk before and
-    after a write where needed: never one query per row.
+    them; ``get_or_create()`` and ``update_or_create()`` go through ``save()``,
+    and are retried after a deadlock as it is.  Rows are read in bulk before
+    and after a write where needed: never one query per row.
     """
 
     def _maintenance(self) -> tuple[modes.Scope, ModelNode | None]:
@@ -62,6 +65,24 @@ class MaintainedQuerySet(models.QuerySet[Any]):
     # Django's flags on QuerySet methods, which the stubs do not declare on functions
     delete.alters_data = True  # type: ignore[attr-defined]
     delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[models.Model, bool]:
+        get_or_create = super().get_or_create
+        return self._retried("get_or_create", lambda: get_or_create(defaults, **kwargs))
+
+    def update_or_create(self, *args: Any, **kwargs: Any) -> tuple[models.Model, bool]:
+        update_or_create = super().update_or_create
+        return self._retried("update_or_create", lambda: update_or_create(*args, **kwargs))
+
+    def _retried(self, name: str, write: Callable[[], T]) -> T:
+        """``write()``, a call that Django runs in a transaction of its own,
+        where its save() cannot retry itself: outside any transaction of
+        yours, in immediate mode, retried whole after a deadlock, as a
+        save() is (:func:`tracking.in_transaction`)."""
+        scope, node = self._maintenance()
+        self._for_write = True
+        what = f"A {name}() of {self.model._meta.label}"
+        return in_transaction(self.db, what, write, node is not None and scope.mode == modes.IMMEDIATE)
 
     def update(self, **kwargs: Any) -> int:
         scope, node = self._maintenance()

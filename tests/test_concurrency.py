@@ -197,11 +197,20 @@ def test_an_immediate_save_outside_any_transaction_is_retried_after_a_deadlock(c
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL lets the test choose the deadlock's victim")
-@pytest.mark.parametrize("how", ["instance delete()", "QuerySet.delete()", "update()", "bulk_update()"])
+@pytest.mark.parametrize(
+    "how",
+    ["instance delete()", "QuerySet.delete()", "update()", "bulk_update()", "get_or_create()", "update_or_create()"],
+)
 def test_an_immediate_bulk_write_or_delete_outside_any_transaction_is_retried_after_a_deadlock(how, caplog):
-    with a_deadlock_partner(samples=2), caplog.at_level("WARNING", logger="maintained_fields"):
+    # get_or_create() and update_or_create() run their save() in a
+    # transaction of Django's, found by an outside tester unretried.
+    with a_deadlock_partner(samples=2) as study, caplog.at_level("WARNING", logger="maintained_fields"):
         first = Sample.objects.order_by("pk").first()
-        if how == "instance delete()":
+        if how == "get_or_create()":
+            assert Sample.objects.get_or_create(study=study, name="new", defaults={"weight": 1})[1]
+        elif how == "update_or_create()":
+            assert not Sample.objects.update_or_create(pk=first.pk, defaults={"weight": 5})[1]
+        elif how == "instance delete()":
             first.delete()
         elif how == "QuerySet.delete()":
             Sample.objects.filter(pk=first.pk).delete()
