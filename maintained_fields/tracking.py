@@ -156,7 +156,7 @@ def _insert_recorded(
         if held:
             later = after_the_write([s for s in node.own_row if s in now or s in later], deferred=True, held=held)
             now = [spec for spec in now if spec not in later]
-        if signals.pre_save.has_listeners(type(instance)):
+        if _pre_save_heard(instance):
             instance.__dict__[AFTER_PRE_SAVE] = (now, [], using)
         else:
             compute_own_rows([instance], now, using)
@@ -341,7 +341,7 @@ def _save_and_record(
     now = [s for s in own_row if s not in later]
     in_insert = left_to_insert(instance, now, using, kwargs) if now else []
     before_insert = now[: len(now) - len(in_insert)]
-    waits = bool(now) and signals.pre_save.has_listeners(type(instance))
+    waits = bool(now) and _pre_save_heard(instance)
     if before_insert and not waits:
         compute_own_rows([instance], before_insert, using)
     with _reading_ahead(instance, node, scope, using, written, old, later):
@@ -363,19 +363,22 @@ def _reading_ahead(
     or UPDATE carries the first read of their work (:func:`reading_ahead`):
     the records the save will make, made before it.  A new row's (``old``
     None), or an existing row's whose previous values were read (``old``)."""
-    if later or scope.mode != modes.IMMEDIATE or connections[using].vendor != "postgresql":
-        return nullcontext()
+    if later or scope.mode != modes.IMMEDIATE or not feature(using, "has_select_for_no_key_update"):  # PostgreSQL
+        return _NOTHING
     if old:
         changed = changed_attnames(instance, node, written, old)
         records = records_for(node, instance, labels=scope.labels, changed=changed, old=old, own_row_done=True)
     elif old is None and instance._state.adding:
         where = insert_plan(node, scope.labels).where
         if any(up_link is None for _, up_link in where):
-            return nullcontext()
+            return _NOTHING
         records = created_records(where, instance, [])
     else:
-        return nullcontext()
-    return reading_ahead(using, scope.labels, records) if records else nullcontext()
+        return _NOTHING
+    return reading_ahead(using, scope.labels, records) if records else _NOTHING
+
+
+_NOTHING = nullcontext()
 
 
 def _save_and_dispatch(
@@ -425,6 +428,11 @@ def _save_and_dispatch(
         if later:
             merge(records, recompute_records(later, [instance.pk]))
     dispatch(scope, using, records, (instance,))
+
+
+def _pre_save_heard(instance: models.Model) -> bool:
+    """Whether receivers of ``pre_save`` may change ``instance`` before it is written."""
+    return bool(signals.pre_save.receivers) and signals.pre_save.has_listeners(type(instance))
 
 
 def _own_rows_in_insert(instance: models.Model, specs: list[Spec], using: str) -> None:
