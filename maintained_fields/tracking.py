@@ -78,6 +78,8 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     if scope.buffer is not None and instance.pk is None and update_fields is None:
         using = kwargs["using"] = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
         return _insert_recorded(instance, save, kwargs, node, scope, using)
+    if update_fields is None:
+        update_fields = kwargs["update_fields"] = _loaded_fields(instance, kwargs)
     written = attnames_of(instance, update_fields)
     own_row = own_row_specs(node, scope, written)
     if written is not None:
@@ -100,6 +102,29 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
         write = partial(_save_and_record, instance, save, kwargs, node, scope, using, written, own_row)
         what, needed = f"A save() of {instance._meta.label}", scope.mode == modes.IMMEDIATE or read_first
         in_transaction(using, what, write, needed, partial(_snapshot, instance, kwargs))
+
+
+def _loaded_fields(instance: models.Model, kwargs: dict[str, Any]) -> list[str] | None:
+    """The fields Django's save() writes, as ``update_fields``, of an
+    instance loaded with ``only()`` or ``defer()``: the loaded ones (where
+    it saves the row to the database it came from); None for the others.
+    Given explicitly, they are widened by the own-row fields they lead to."""
+    if instance._state.adding or kwargs.get("force_insert"):
+        return None
+    deferred = instance.get_deferred_fields()
+    if not deferred:
+        return None
+    using = kwargs.get("using") or router.db_for_write(type(instance), instance=instance)
+    if using != instance._state.db:
+        return None
+    meta = instance._meta
+    pks = set(getattr(meta, "pk_fields", [meta.pk]))
+    loaded = [
+        field.name
+        for field in meta.concrete_fields
+        if field not in pks and field.attname not in deferred and not getattr(field, "generated", False)
+    ]
+    return loaded or None
 
 
 def in_transaction(using: str, what: str, write: Callable[[], T], needed: bool = True,
@@ -275,6 +300,7 @@ def after_the_write(own_row: list[Spec], deferred: bool, written: frozenset[str]
             or spec.own_triggers & fields
             or (fields and not spec.own_triggers)
             or (written is not None and not spec.own_triggers <= written)
+            or (written is not None and not spec.own_triggers)  # reads what it likes, maybe unsaved
         ):
             later.append(spec)
             fields.add(spec.field.attname)

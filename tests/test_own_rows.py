@@ -358,3 +358,32 @@ def test_a_pre_save_receiver_s_change_is_what_the_row_s_fields_read(mode):
         assert right() == [40, 50]
     finally:
         pre_save.disconnect(in_tens, sender=Line)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("heard", [False, True], ids=["", "pre_save heard"])
+def test_an_instance_loaded_with_only_or_defer(mode, heard):
+    # From an outside tester: Django saves such an instance with the loaded
+    # fields as update_fields, decided before the own-row fields are computed
+    # where pre_save has receivers, and those fields were left out of it.
+    from django.db.models.signals import pre_save
+
+    def nothing(sender, instance, **kwargs):
+        pass
+
+    line = Line.objects.create(qty=2, price=Decimal("1.5"))
+    if heard:
+        pre_save.connect(nothing, sender=Line)
+    try:
+        with override_autoupdate(mode=mode):
+            partial = Line.objects.only("qty").get(pk=line.pk)
+            partial.qty = 3
+            partial.save()
+            other = Line.objects.defer("qty", "total", "text").get(pk=line.pk)
+            other.price = Decimal("2.25")
+            other.save()
+    finally:
+        pre_save.disconnect(nothing, sender=Line)
+    qty, price, total, text = Line.objects.values_list("qty", "price", "total", "text").get()
+    expected = (qty * price).quantize(Decimal("0.01"))
+    assert (qty, price, total, text) == (3, Decimal("2.25"), expected, f"total={expected}")
