@@ -21,8 +21,9 @@ from django.apps import apps
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import models
-from django.db.models import ForeignObjectRel
-from django.db.models.functions import Cast, Coalesce
+from django.db.models import Aggregate, Count, ExpressionWrapper, ForeignObjectRel
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Cast, Ceil, Coalesce, Floor, Mod, Round
 
 from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, references
 
@@ -291,24 +292,35 @@ def _kind_mismatch(model: type[models.Model], target: Any, expression: Any) -> t
         rows: models.QuerySet[Any] = models.QuerySet(model).annotate(
             _maintained_value=_isolate(expression, model)
         )
-        output = rows.query.annotations["_maintained_value"].output_field
+        resolved = rows.query.annotations["_maintained_value"]
+        output = resolved.output_field
     except FieldError as error:
         if "mixed types" not in str(error) and "output_field" not in str(error):
             return None  # a path that does not resolve: E002 reports it
         return (
             f"has no single type ({error})",
-            "Set output_field= on the expression, e.g. Sum('kids__qty', output_field=FloatField()).",
+            "Give its parts one type (Coalesce(Sum('kids__qty'), 0) beside integers, not Value(0.0); "
+            "or Cast(...) a part), or set output_field= to the type the database computes, e.g. "
+            "F('qty') * F('price') with output_field=DecimalField(...).",
         )
     given, wanted = _kind(output), _kind(target)
-    if given == wanted == "number" and _fractional(output) and not _fractional(_target_of(target)):
-        return (
-            f"gives fractions ({type(output).__name__}) and {target.model._meta.label}.{target.name} "
-            f"is an integer column ({type(target).__name__}): each database makes an integer of a "
-            "fraction its own way (SQLite keeps the fraction, PostgreSQL and MariaDB round it), and "
-            "the package's writes and its check would not agree on the value.",
-            "Make it an integer in the expression, e.g. Cast(Round(...), output_field=IntegerField()), "
-            "or make the column a FloatField or DecimalField.",
-        )
+    if given == wanted == "number" and not _fractional(_target_of(target)):
+        hidden = _typed_integer_over_fractions(resolved)
+        if _fractional_values(resolved) or hidden is not None:
+            what = (
+                f"gives fractions ({type(output).__name__})"
+                if hidden is None
+                else f"gives fractions: {hidden!r} is typed integer by its output_field, which names a "
+                "type and converts nothing,"
+            )
+            return (
+                f"{what} and {target.model._meta.label}.{target.name} is an integer column "
+                f"({type(target).__name__}): each database makes an integer of a fraction its own way "
+                "(SQLite keeps the fraction, PostgreSQL and MariaDB round it), and the package's writes "
+                "and its check would not agree on the value.",
+                "Make it an integer in the expression, e.g. Cast(Round(...), output_field=IntegerField()), "
+                "or make the column a FloatField or DecimalField.",
+            )
     if given is None or wanted is None or given == wanted:
         return None
     return (
@@ -343,7 +355,42 @@ def _target_of(field: Any) -> Any:
 
 
 def _fractional(field: Any) -> bool:
-    return isinstance(field, (models.FloatField, models.DecimalField))
+    if isinstance(field, models.DecimalField):
+        return field.decimal_places != 0
+    return isinstance(field, models.FloatField)
+
+
+def _fractional_values(node: Any) -> bool:
+    """Whether the resolved expression ``node`` may give fractions: its type
+    is a float or a decimal with places, but for the remainder of integers
+    (``Mod``, which Django types as a float)."""
+    if isinstance(node, Mod):
+        return any(_fractional_values(source) for source in node.get_source_expressions())
+    try:
+        return _fractional(node.output_field)
+    except (AttributeError, FieldError):
+        return False
+
+
+def _typed_integer_over_fractions(node: Any) -> Any:
+    """An aggregate (but a count), wrapper or arithmetic within the resolved
+    ``node`` typed integer by its ``output_field`` over parts that give
+    fractions, or None.  Cast and the functions that make integers of
+    fractions (Round, Floor, Ceil) are what convert."""
+    if isinstance(node, (Cast, Round, Floor, Ceil)) or not hasattr(node, "get_source_expressions"):
+        return None
+    sources = [source for source in node.get_source_expressions() if source is not None]
+    inner = getattr(node, "query", None)  # a subquery's: the aggregate over a relation is in it
+    if inner is not None and hasattr(inner, "annotations"):
+        sources += [*inner.annotations.values(), *inner.select]
+    if isinstance(node, (Aggregate, ExpressionWrapper, CombinedExpression)) and not isinstance(node, Count):
+        try:
+            integer = not _fractional_values(node) and _kind(node.output_field) == "number"
+        except FieldError:
+            integer = False
+        if integer and any(_fractional_values(source) for source in sources):
+            return node
+    return next((found for found in map(_typed_integer_over_fractions, sources) if found is not None), None)
 
 
 def _kind(field: Any) -> str | None:

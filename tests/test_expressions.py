@@ -312,8 +312,8 @@ def test_a_fraction_into_an_integer_column_is_a_check_error():
     # From an outside tester: F("size") / 2.0 into an IntegerField stored 3.5
     # on SQLite and 4 on PostgreSQL, while the check computed 3 and reported
     # drift right after every write.
-    from django.db.models import Avg, IntegerField
-    from django.db.models.functions import Cast, Round
+    from django.db.models import Avg, ExpressionWrapper, IntegerField
+    from django.db.models.functions import Cast, Coalesce, Mod, Round
 
     class Bowl(MaintainedModel):
         size = models.IntegerField(default=0)
@@ -331,6 +331,16 @@ def test_a_fraction_into_an_integer_column_is_a_check_error():
         )
         divided = maintained(models.IntegerField(default=0), F("size") / 2)
         counted = maintained(models.FloatField(default=0), Count("spoons"))
+        remainder = maintained(models.IntegerField(default=0), Mod("size", 3))
+        whole = maintained(models.IntegerField(default=0), F("places0"))
+        places0 = models.DecimalField(max_digits=9, decimal_places=0, default=0)
+        # output_field names a type and converts nothing (a third tester).
+        typed = maintained(
+            models.IntegerField(default=0), Coalesce(Sum("spoons__weight", output_field=IntegerField()), 0)
+        )
+        wrapped = maintained(
+            models.IntegerField(default=0), ExpressionWrapper(F("ratio") * 2, output_field=IntegerField())
+        )
 
         class Meta:
             app_label = "expressions"
@@ -346,8 +356,9 @@ def test_a_fraction_into_an_integer_column_is_a_check_error():
     errors = build([Bowl, Spoon]).errors
     assert [(error.id, error.msg.split(" gives fractions")[0]) for error in errors] == [
         ("maintained_fields.E014", f"expressions.Bowl.{name}'s maintained() expression")
-        for name in ("half", "mean", "weight")
+        for name in ("half", "mean", "weight", "typed", "wrapped")
     ]
+    assert "is typed integer by its output_field, which names a type and converts nothing" in errors[3].msg
     assert "(FloatField) and expressions.Bowl.half is an integer column (IntegerField)" in errors[0].msg
     assert "(DecimalField) and expressions.Bowl.weight is an integer column (BigIntegerField)" in errors[2].msg
     assert "Cast(Round(...), output_field=IntegerField())" in errors[0].hint
