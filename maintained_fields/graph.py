@@ -24,6 +24,7 @@ from django.db import models
 from django.db.models import Aggregate, Count, ExpressionWrapper, ForeignObjectRel
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Cast, Ceil, Coalesce, Floor, Mod, Round
+from django.db.models.sql import Query
 
 from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, references
 
@@ -380,9 +381,8 @@ def _typed_integer_over_fractions(node: Any) -> Any:
     if isinstance(node, (Cast, Round, Floor, Ceil)) or not hasattr(node, "get_source_expressions"):
         return None
     sources = [source for source in node.get_source_expressions() if source is not None]
-    inner = getattr(node, "query", None)  # a subquery's: the aggregate over a relation is in it
-    if inner is not None and hasattr(inner, "annotations"):
-        sources += [*inner.annotations.values(), *inner.select]
+    if isinstance(node, Query):  # a subquery's: the aggregate over a relation is in it
+        sources += [*node.annotations.values(), *node.select]
     if isinstance(node, (Aggregate, ExpressionWrapper, CombinedExpression)) and not isinstance(node, Count):
         try:
             integer = not _fractional_values(node) and _kind(node.output_field) == "number"
