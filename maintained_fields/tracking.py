@@ -370,10 +370,50 @@ def _save_and_record(
     waits = bool(now) and _pre_save_heard(instance)
     if before_insert and not waits:
         compute_own_rows([instance], before_insert, using)
-    with _reading_ahead(instance, node, scope, using, written, old, later):
-        _save_and_dispatch(
-            instance, save, kwargs, node, scope, using, written, old, later, in_insert, before_insert if waits else None
-        )
+    with _reading_ahead(instance, node, scope, using, written, old, later, adding):
+        if in_insert or waits:
+            before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
+            if waits:  # computed by after_pre_save()
+                instance.__dict__[AFTER_PRE_SAVE] = (before_insert, in_insert, using)
+            else:
+                _own_rows_in_insert(instance, in_insert, using)
+            try:
+                save(**kwargs)
+            except BaseException:
+                instance.__dict__.pop(RETURNED, None)
+                instance.__dict__.pop(AFTER_PRE_SAVE, None)
+                instance.__dict__.update(before)
+                raise
+        else:
+            save(**kwargs)
+        dispatch(scope, using, _records_of_save(instance, node, scope, written, old, later, adding), (instance,))
+
+
+def _records_of_save(
+    instance: models.Model,
+    node: ModelNode,
+    scope: modes.Scope,
+    written: frozenset[str] | None,
+    old: dict[str, Any] | None,
+    later: list[Spec],
+    adding: bool,
+) -> Records:
+    """The records of a save() of ``instance`` (``old``: the values the row
+    held, None if nothing was read, {} if it was not there)."""
+    if not old and (adding or old == {}):
+        return created_records(insert_plan(node, scope.labels).where, instance, later)
+    records = records_for(
+        node,
+        instance,
+        labels=scope.labels,
+        created=adding,
+        changed=changed_attnames(instance, node, written, old),
+        old=old,
+        own_row_done=True,
+    )
+    if later:
+        merge(records, recompute_records(later, [instance.pk]))
+    return records
 
 
 def _reading_ahead(
@@ -384,76 +424,23 @@ def _reading_ahead(
     written: frozenset[str] | None,
     old: dict[str, Any] | None,
     later: list[Spec],
+    adding: bool,
 ) -> AbstractContextManager[None]:
     """Where an immediate save leads only to parents, a block whose INSERT
     or UPDATE carries the first read of their work (:func:`reading_ahead`):
-    the records the save will make, made before it.  A new row's (``old``
-    None), or an existing row's whose previous values were read (``old``)."""
+    the records the save will make, made before it, of a new row (``old``
+    None) or of an existing row whose previous values were read (``old``)."""
     if later or scope.mode != modes.IMMEDIATE or not feature(using, "has_select_for_no_key_update"):  # PostgreSQL
         return _NOTHING
-    if old:
-        changed = changed_attnames(instance, node, written, old)
-        records = records_for(node, instance, labels=scope.labels, changed=changed, old=old, own_row_done=True)
-    elif old is None and instance._state.adding:
-        where = insert_plan(node, scope.labels).where
-        if any(up_link is None for _, up_link in where):
-            return _NOTHING
-        records = created_records(where, instance, [])
-    else:
+    if not (old or (old is None and adding)):
         return _NOTHING
+    if not old and any(up_link is None for _, up_link in insert_plan(node, scope.labels).where):
+        return _NOTHING  # the new row's own key, not known before the INSERT
+    records = _records_of_save(instance, node, scope, written, old, later, adding)
     return reading_ahead(using, scope.labels, records) if records else _NOTHING
 
 
 _NOTHING = nullcontext()
-
-
-def _save_and_dispatch(
-    instance: models.Model,
-    save: Callable[..., None],
-    kwargs: dict[str, Any],
-    node: ModelNode,
-    scope: modes.Scope,
-    using: str,
-    written: frozenset[str] | None,
-    old: dict[str, Any] | None,
-    later: list[Spec],
-    in_insert: list[Spec],
-    after_pre_save: list[Spec] | None,
-) -> None:
-    """The end of :func:`_save_and_record`: the write, and the work it leads
-    to.  ``after_pre_save``: the own-row fields to compute before the INSERT,
-    once pre_save is sent (None: computed already)."""
-    adding = instance._state.adding
-    if in_insert or after_pre_save is not None:
-        before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
-        if after_pre_save is not None:
-            instance.__dict__[AFTER_PRE_SAVE] = (after_pre_save, in_insert, using)
-        else:
-            _own_rows_in_insert(instance, in_insert, using)
-        try:
-            save(**kwargs)
-        except BaseException:
-            instance.__dict__.pop(RETURNED, None)
-            instance.__dict__.pop(AFTER_PRE_SAVE, None)
-            instance.__dict__.update(before)
-            raise
-    else:
-        save(**kwargs)
-    if not old and (adding or old == {}):
-        records = created_records(insert_plan(node, scope.labels).where, instance, later)
-    else:
-        records = records_for(
-            node,
-            instance,
-            labels=scope.labels,
-            created=adding,
-            changed=changed_attnames(instance, node, written, old),
-            old=old,
-            own_row_done=True,
-        )
-        if later:
-            merge(records, recompute_records(later, [instance.pk]))
-    dispatch(scope, using, records, (instance,))
 
 
 def _pre_save_heard(instance: models.Model) -> bool:
