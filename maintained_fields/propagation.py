@@ -306,10 +306,7 @@ def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None
     """Lock now every row that processing ``records`` may recompute, in the
     order process() locks them (see :func:`_lock_reach`)."""
     graph = get_graph()
-    pending: Records = {}
-    merge(pending, records)
-    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-    known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
+    known, resolved = _known(graph, records, labels, db)
     _lock_reach(graph, known, labels, db, None, resolved)
 
 
@@ -387,14 +384,22 @@ def _reach_by_model(
     graph: Graph, records: Records, labels: frozenset[str] | None, db: str
 ) -> dict[type[models.Model], set[Any]]:
     """The rows processing ``records`` may recompute, by model, read without locks."""
-    pending: Records = {}
-    merge(pending, records)
-    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-    known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
+    known, resolved = _known(graph, records, labels, db)
     by_model: dict[type[models.Model], set[Any]] = {}
     for (model, _), targets in zip(graph.order, _walk_reach(graph, known, labels, db, None, resolved, lock=False)):
         by_model.setdefault(model, set()).update(targets)
     return by_model
+
+
+def _known(
+    graph: Graph, records: Records, labels: frozenset[str] | None, db: str
+) -> tuple[list[Targets], dict[tuple[Dependency, int, frozenset[Any]], set[Any]]]:
+    """The rows ``records`` name, per group of ``graph.order`` (:func:`_targets`),
+    and what each record resolved to."""
+    pending: Records = {}
+    merge(pending, records)
+    resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
+    return [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order], resolved
 
 
 def _read_committed(db: str) -> None:
@@ -578,10 +583,7 @@ def reading_ahead(db: str, labels: frozenset[str] | None, records: Records) -> I
         return
     with Carrier.carrying(db) as carrier:
         if carrier is not None:
-            pending: Records = {}
-            merge(pending, records)
-            resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-            known = [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order]
+            known, resolved = _known(graph, records, labels, db)
             _walk_reach(graph, known, labels, db, None, resolved, lock=True, carrier=carrier, ahead=True)
         yield
 
