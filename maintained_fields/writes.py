@@ -242,8 +242,7 @@ def recompute(
     connection = connections[db]
     lock_first = config["LOCK_ROWS"] and not locked and connection.features.has_select_for_update
     vendor = connection.vendor
-    # What a dry run reports, and the signal's receivers, need each row.
-    quiet = quiet and _dry_run.get() is None and not maintained_values_written.has_listeners(model)
+    quiet = _counted_only(model, quiet)
     changed = Changed()
     # Sorted, so that concurrent writers lock rows in one order and cannot deadlock.
     for batch in chunks(sorted(targets), size):
@@ -284,10 +283,9 @@ def recompute_in_one_message(
     :func:`update_from_select`).  Returns what :func:`recompute` returns, a job each.
     """
     connection = connections[db]
-    dry_run = _dry_run.get() is not None
     made = []
     for model, targets, quiet in jobs:
-        quiet = quiet and not dry_run and not maintained_values_written.has_listeners(model)
+        quiet = _counted_only(model, quiet)
         specs = {spec for found in set(targets.values()) for spec in found}
         made.append((model, quiet, *_update_from_select(model, db, sorted(targets), specs, not quiet)))
     results = []
@@ -304,6 +302,13 @@ def recompute_in_one_message(
             _note_dry_run(model, changed)
             results.append(changed)
     return results
+
+
+def _counted_only(model: type[models.Model], quiet: bool) -> bool:
+    """Whether the rows of ``model`` a recompute changes may be only counted,
+    where the caller wants no more (``quiet``): what a dry run reports, and
+    the signal's receivers, need each row."""
+    return quiet and _dry_run.get() is None and not maintained_values_written.has_listeners(model)
 
 
 def _note_dry_run(model: type[models.Model], changed: list[tuple[Any, dict[str, Any]]]) -> None:
