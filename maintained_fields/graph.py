@@ -479,6 +479,8 @@ class ModelNode:
     locks_first: frozenset[str] = frozenset()
     # {label filter: what the insert of a row does} (tracking.insert_plan).
     on_insert: dict[frozenset[str] | None, Any] = field(default_factory=dict)
+    # {(attnames changed, label filter): whether the change leads to a recompute} (propagation.leads_on).
+    leads: dict[tuple[frozenset[str], frozenset[str] | None], bool] = field(default_factory=dict)
 
     @cached_property
     def own_reads(self) -> tuple[str, ...]:
@@ -502,6 +504,8 @@ class Graph:
     model_order: dict[type[models.Model], int] = field(default_factory=dict)
     # The layer of each group of ``order``: groups in one layer do not depend on each other.
     layers: tuple[int, ...] = ()
+    # Each spec's group: its position in ``order``.
+    group_of: dict[Spec, int] = field(default_factory=dict)
     # The models whose rows a flush locks as it reads their links (see _walk_locks).
     walk_locks: frozenset[type[models.Model]] = frozenset()
     # The specs whose recompute may lead to one of a field that reads rows
@@ -1163,6 +1167,7 @@ def _index(graph: Graph) -> None:
     walk = sorted(range(len(graph.order)), key=lambda i: (graph.layers[i], graph.model_order[graph.order[i][0]]))
     graph.order = tuple(graph.order[i] for i in walk)
     graph.specs = tuple(spec for _, group in graph.order for spec in group)
+    graph.group_of = {spec: position for position, (_, group) in enumerate(graph.order) for spec in group}
     graph.walk_locks = _walk_locks(graph)
     reach = _downstream(graph)
     graph.reads_forward = _leading_to_forward_reads(graph, reach)

@@ -33,6 +33,7 @@ from .writes import (
     announced_at_the_end,
     chunks,
     composite,
+    feature,
     fetch,
     fetch_ahead,
     forward_reads,
@@ -82,7 +83,6 @@ def process(
     """
     graph = get_graph()
     started = time.perf_counter()
-    connection = connections[db]
     # In the user's transaction on PostgreSQL, where the work may lead to a
     # field that reads rows through foreign keys, the rows a recompute finds
     # late (those rows, a row linked meanwhile) are taken without waiting,
@@ -91,7 +91,7 @@ def process(
     # package's own flush needs none of this: it fails at once and is retried whole.
     gives_back = (
         not own_transaction
-        and connection.vendor == "postgresql"
+        and feature(db, "vendor") == "postgresql"
         and get_config()["LOCK_ROWS"]
         and any(dep.spec in graph.reads_forward for dep, _ in records)
     )
@@ -101,19 +101,20 @@ def process(
         if own_transaction:
             _read_committed(db)
         for attempt in range(attempts):
-            savepoint = connection.savepoint() if gives_back else None
+            savepoint = connections[db].savepoint() if gives_back else None
             try:
                 # Nothing is announced of an attempt that is rolled back.
                 nowait = own_transaction or (gives_back and attempt < attempts - 1)
                 # Where a lock may be refused, the statement that fails must be the lock.
                 carrying = nullcontext() if nowait else Carrier.carrying(db)
-                with announced_at_the_end(gives_back or own_transaction), carrying as carrier:
+                held = announced_at_the_end() if gives_back or own_transaction else nullcontext()
+                with held, carrying as carrier:
                     recomputed, written = _recompute_all(
                         graph, db, labels, records, instances, batch_size, up_front,
                         nowait=nowait, gives_back=gives_back, carrier=carrier,
                     )
             except _LateRows as late:
-                connection.savepoint_rollback(cast(str, savepoint))
+                connections[db].savepoint_rollback(cast(str, savepoint))
                 for model, rows in late.rows.items():
                     up_front.setdefault(model, set()).update(rows)
                 if late.model is not None:
@@ -121,7 +122,7 @@ def process(
                         up_front.setdefault(model, set()).update(rows)
                 continue
             if savepoint is not None:
-                connection.savepoint_commit(savepoint)
+                connections[db].savepoint_commit(savepoint)
             break
     if recomputed and logger.isEnabledFor(level):
         logger.log(
@@ -183,12 +184,9 @@ def _recompute_all(
     def take(model: type[models.Model], node: ModelNode, targets: Targets, changed: Changed) -> None:
         """Follow what a recompute of ``targets`` of ``model`` ``changed``."""
         nonlocal written
-        leads: dict[frozenset[str], bool] = {}  # whether a change of these columns leads anywhere
         for instance, old in changed:
             columns = frozenset(old)
-            if columns not in leads:
-                leads[columns] = _leads_on(node, columns, labels)
-            if leads[columns]:
+            if _leads_on(node, columns, labels):
                 merge(pending, records_for(node, instance, labels=labels, changed=columns, old=old))
             mine = in_memory.get((model, instance.pk))
             if mine is not None:
@@ -196,6 +194,7 @@ def _recompute_all(
                     setattr(mine, attname, getattr(instance, attname))
         recomputed.setdefault(model._meta.label, set()).update(targets)
         written += changed.total
+        due.update(_groups(graph, pending))
 
     # Lock every row the work may reach before recomputing any, model by
     # model in one order for every writer: rows locked as they are found
@@ -204,11 +203,15 @@ def _recompute_all(
     # is waited for: a row missing from them is added, and the work begun again.
     _lock_in_order(graph, up_front, db, size)
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-    known = [_targets(specs, pending, labels, db, batch_size, resolved) for _, specs in graph.order]
+    due = _groups(graph, pending)
+    known = [
+        _targets(specs, pending, labels, db, batch_size, resolved) if position in due else {}
+        for position, (_, specs) in enumerate(graph.order)
+    ]
     locked: dict[type[models.Model], set[Any]] | None = None
     # Groups recomputed ahead of their turn, with the rows and specs recomputed.
     ahead: dict[int, Targets] = {}
-    if get_config()["LOCK_ROWS"] and connections[db].features.has_select_for_update:
+    if get_config()["LOCK_ROWS"] and feature(db, "has_select_for_update"):
         locked, reach = _lock_reach(
             graph, known, labels, db, batch_size, resolved, nowait=bool(up_front) and nowait, carrier=carrier
         )
@@ -220,7 +223,7 @@ def _recompute_all(
     # only if a recompute in its turn changed something since.
     anew = False
     for position, ((model, specs), targets) in enumerate(zip(graph.order, known)):
-        if pending:
+        if position in due and pending:
             _merge_targets(targets, _targets(specs, pending, labels, db, batch_size, resolved))
         if position in ahead and not anew:
             done = ahead[position]
@@ -296,10 +299,14 @@ def _recompute_ahead(
 def _leads_on(node: ModelNode, changed: frozenset[str], labels: frozenset[str] | None) -> bool:
     """Whether a change of the columns ``changed`` of a row of ``node`` can
     lead to a recompute (what :func:`records_for` asks of each edge)."""
-    return any(
-        (labels is None or dep.spec.label in labels) and (hop.triggers is None or bool(hop.triggers & changed))
-        for dep, hop in node.edges
-    )
+    try:
+        return node.leads[changed, labels]
+    except KeyError:
+        leads = node.leads[changed, labels] = any(
+            (labels is None or dep.spec.label in labels) and (hop.triggers is None or bool(hop.triggers & changed))
+            for dep, hop in node.edges
+        )
+        return leads
 
 
 def lock_reach(db: str, labels: frozenset[str] | None, records: Records) -> None:
@@ -399,7 +406,20 @@ def _known(
     pending: Records = {}
     merge(pending, records)
     resolved: dict[tuple[Dependency, int, frozenset[Any]], set[Any]] = {}
-    return [_targets(specs, pending, labels, db, None, resolved) for _, specs in graph.order], resolved
+    due = _groups(graph, pending)
+    known = [
+        _targets(specs, pending, labels, db, None, resolved) if position in due else {}
+        for position, (_, specs) in enumerate(graph.order)
+    ]
+    return known, resolved
+
+
+def _groups(graph: Graph, records: Records) -> set[int]:
+    """The groups, by position in ``graph.order``, that ``records`` name rows
+    of: those that :func:`_targets` can find any rows of (a graph has
+    many groups, and a write's records name two or three)."""
+    group_of = graph.group_of
+    return {group_of[dep.spec] for dep, _ in records}
 
 
 def _read_committed(db: str) -> None:
@@ -527,8 +547,9 @@ def _walk_reach(
     that ``locks_first`` plans for holds."""
     reach = [dict(targets) for targets in known]
     downstream: Records = {}
-    for (model, specs), targets in zip(graph.order, reach):
-        if downstream:
+    due: set[int] = set()
+    for position, ((model, specs), targets) in enumerate(zip(graph.order, reach)):
+        if position in due and downstream:
             _merge_targets(targets, _targets(specs, downstream, labels, db, size, resolved))
         if not targets:
             continue
@@ -561,7 +582,9 @@ def _walk_reach(
             raise _LateRows(rows={model: rows}) from None
         for row in linked:
             found = targets.get(row.pk)
-            merge(downstream, records_for(node, row, labels=labels, changed=every if found is None else written[found]))
+            records = records_for(node, row, labels=labels, changed=every if found is None else written[found])
+            merge(downstream, records)
+            due.update(_groups(graph, records))
     return reach
 
 

@@ -41,6 +41,7 @@ from .writes import (
     announced_at_the_end,
     chunks,
     evaluate_in_memory,
+    feature,
     keyed_values,
     keys,
     lock_rows,
@@ -638,27 +639,10 @@ def lock_before_write(node: ModelNode, rows: list[tuple[Any, dict[str, Any] | No
 def _locks_parents_first(using: str) -> bool:
     """Whether a write here must lock the rows it leads to recompute before it
     writes: on MySQL and MariaDB, inside a transaction, with LOCK_ROWS."""
-    try:
-        first = _features[using, "locks_parents_first"]
-    except KeyError:
-        first = _features[using, "locks_parents_first"] = feature(using, "has_select_for_update") and not feature(
-            using, "has_select_for_no_key_update"
-        )
-    return first and locking(using)
+    has_select_for_update = feature(using, "has_select_for_update")
+    return has_select_for_update and not feature(using, "has_select_for_no_key_update") and locking(using)
 
 
-def feature(using: str, name: str) -> Any:
-    """A feature flag of the database ``using``'s backend, looked up once:
-    an alias's backend is fixed, and getting its connection costs microseconds
-    on every save."""
-    try:
-        return _features[using, name]
-    except KeyError:
-        value = _features[using, name] = getattr(connections[using].features, name)
-        return value
-
-
-_features: dict[tuple[str, str], Any] = {}
 
 
 def changed_attnames(

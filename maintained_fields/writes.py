@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import partial
 from types import SimpleNamespace
@@ -29,6 +29,22 @@ from .graph import Dependency, Spec, get_graph, rewrite, stored_as
 from .signals import maintained_values_written
 
 T = TypeVar("T")
+
+
+def feature(db: str, name: str) -> Any:
+    """A feature flag of the database ``db``'s backend, or with ``"vendor"``
+    its vendor, looked up once: an alias's backend is fixed, and getting its
+    connection costs a microsecond, a dozen times a save."""
+    try:
+        return _features[db, name]
+    except KeyError:
+        connection = connections[db]
+        value = connection.vendor if name == "vendor" else getattr(connection.features, name)
+        _features[db, name] = value
+        return value
+
+
+_features: dict[tuple[str, str], Any] = {}
 
 
 def composite(model: type[models.Model]) -> bool:
@@ -239,9 +255,8 @@ def recompute(
     """
     config = get_config()
     size = size or config["BATCH_SIZE"]
-    connection = connections[db]
-    lock_first = config["LOCK_ROWS"] and not locked and connection.features.has_select_for_update
-    vendor = connection.vendor
+    lock_first = config["LOCK_ROWS"] and not locked and feature(db, "has_select_for_update")
+    vendor = feature(db, "vendor")
     quiet = _counted_only(model, quiet)
     changed = Changed()
     # Sorted, so that concurrent writers lock rows in one order and cannot deadlock.
@@ -255,7 +270,7 @@ def recompute(
             else:
                 changed += update_from_select(model, db, batch, specs)
             continue
-        if _updates_returning(model, specs, connection):
+        if vendor == "sqlite" and _updates_returning(model, specs, db):
             if quiet:
                 changed.unlisted += update_returning(model, db, batch, specs, returning=False)
             else:
@@ -416,7 +431,7 @@ def _link_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return [cast("models.Field[Any, Any]", meta.get_field(a)) for a in sorted(get_graph().nodes[model].up_links)]
 
 
-def _updates_returning(model: type[models.Model], specs: Collection[Spec], connection: Any) -> bool:
+def _updates_returning(model: type[models.Model], specs: Collection[Spec], db: str) -> bool:
     """Whether :func:`update_returning` can write ``specs``: own-row
     expressions, or one expression the UPDATE can compute (an aggregate of
     a relation: its statement computes it twice, where a read and a write
@@ -425,7 +440,7 @@ def _updates_returning(model: type[models.Model], specs: Collection[Spec], conne
     fields), into columns whose stored values SQLite compares as Django does
     (text, integers, floats: not a decimal Django rounds, nor a date it formats)."""
     return (
-        connection.vendor == "sqlite"
+        feature(db, "vendor") == "sqlite"
         and all(
             (spec.own_row if len(specs) > 1 else spec.settable("sqlite"))
             and spec.expression is not None
@@ -433,7 +448,7 @@ def _updates_returning(model: type[models.Model], specs: Collection[Spec], conne
             and isinstance(spec.field, _COMPARED_ALIKE)
             for spec in specs
         )
-        and connection.features.can_return_columns_from_insert  # the same version brings UPDATE ... RETURNING
+        and feature(db, "can_return_columns_from_insert")  # the same version brings UPDATE ... RETURNING
         and not composite(model)
         and _dry_run.get() is None
     )
@@ -686,16 +701,21 @@ class Carrier:
                 cursor.execute(joined, carried_params)
 
     @classmethod
-    @contextmanager
-    def carrying(cls, db: str) -> Iterator[Carrier | None]:
+    def carrying(cls, db: str) -> AbstractContextManager[Carrier | None]:
         """A carrier for the block's statements on ``db`` (the one already
         carrying there, if any), where the connection can send several
         statements in one message; None where it cannot.  What is still
         carried when the block ends without an error is sent then."""
+        carries = _features.get((db, "carries"))
+        if carries is None:
+            connection = connections[db]
+            carries = _features[db, "carries"] = connection.vendor == "postgresql" and _binds_client_side(connection)
+        return cls._carrying(db) if carries else _NO_CARRIER
+
+    @classmethod
+    @contextmanager
+    def _carrying(cls, db: str) -> Iterator[Carrier]:
         connection = connections[db]
-        if connection.vendor != "postgresql" or not _binds_client_side(connection):
-            yield None
-            return
         carrier = next((w for w in connection.execute_wrappers if isinstance(w, Carrier)), None)
         if carrier is not None:
             yield carrier
@@ -705,6 +725,9 @@ class Carrier:
         with connection.execute_wrapper(carrier):
             yield carrier
             carrier.send()
+
+
+_NO_CARRIER: AbstractContextManager[None] = nullcontext()
 
 
 def _binds_client_side(connection: Any) -> bool:
@@ -956,17 +979,16 @@ def _keyed(
     makes (its keys the last parameters, from ``pk__in``), compiled once per
     ``key`` and database, for one key, and run again with any number of keys:
     compiling a key costs as much as running the statement with it."""
-    connection = connections[db]
     key = (*key, db)
     pk_field = model._meta.pk
     if isinstance(pk_field, models.IntegerField) and all(type(pk) is int for pk in pks):
         keys = list(pks)  # what get_db_prep_value() would give, at a tenth of the cost
     else:
-        keys = [pk_field.get_db_prep_value(pk, connection) for pk in pks]
+        keys = [pk_field.get_db_prep_value(pk, connections[db]) for pk in pks]
     compiled = _compiled.get(key)
     if compiled is None:
         sql, params, converters = compile(pks[:1])
-        compiled = _keep_compiled(key, sql, list(params), keys[:1], converters, connection)
+        compiled = _keep_compiled(key, sql, list(params), keys[:1], converters, connections[db])
     if not compiled:  # the backend put the keys elsewhere: run it as compiled
         sql, params, converters = compile(pks)
         return sql, list(params), converters
@@ -1269,14 +1291,11 @@ _held_back: ContextVar[list[tuple[Any, ...]] | None] = ContextVar("maintained_fi
 
 
 @contextmanager
-def announced_at_the_end(hold: bool = True) -> Iterator[None]:
-    """With ``hold``, send ``maintained_values_written`` for the writes of the
-    block when it ends without an error, and not at all when it fails: the
-    block's writes are then rolled back and done again.  What a dry run
-    reports of the block's writes is likewise forgotten when it fails."""
-    if not hold:
-        yield
-        return
+def announced_at_the_end() -> Iterator[None]:
+    """Send ``maintained_values_written`` for the writes of the block when it
+    ends without an error, and not at all when it fails: the block's writes
+    are then rolled back and done again.  What a dry run reports of the
+    block's writes is likewise forgotten when it fails."""
     held: list[tuple[Any, ...]] = []
     token = _held_back.set(held)
     changes = _dry_run.get()
