@@ -121,11 +121,12 @@ class override_autoupdate:
         if isinstance(labels, str):
             labels = (labels,)
         if labels is not None:
-            labels = frozenset(labels)
+            given = labels
+            labels = frozenset(labels) if isinstance(labels, Iterable) else frozenset()
             if not labels or not all(isinstance(label, str) for label in labels):
                 raise ValueError(
-                    "override_autoupdate(labels=...) takes one or more label strings; "
-                    "to maintain nothing, use mode='disabled'."
+                    f"override_autoupdate(labels={given!r}): labels takes one or more label "
+                    "strings; to maintain nothing, use mode='disabled'."
                 )
         if disable_when is not None and not (isinstance(disable_when, str) and disable_when.isidentifier()):
             raise ValueError(
@@ -157,15 +158,27 @@ class override_autoupdate:
         _scopes.set(_scopes.get() + (Scope(self, mode, labels, buffer, owns),))
 
     def _pop(self) -> Scope:
+        """Take this override's innermost scope off the stack; where it is
+        not the innermost scope, take it off all the same, end it as an
+        exception would (:func:`_end_out_of_order`), and raise RuntimeError."""
         scopes = _scopes.get()
-        if not scopes or scopes[-1].owner is not self:
-            raise RuntimeError(
-                f"{self!r} is exiting, but it is not the innermost override here: "
-                "scopes must exit in the reverse order of entry, in the thread or "
-                "task that entered them."
-            )
-        _scopes.set(scopes[:-1])
-        return scopes[-1]
+        if scopes and scopes[-1].owner is self:
+            _scopes.set(scopes[:-1])
+            return scopes[-1]
+        error = RuntimeError(
+            f"{self!r} is exiting, but it is not the innermost override here: "
+            "scopes must exit in the reverse order of entry, in the thread or "
+            "task that entered them (a generator that yields inside the block "
+            "hands it to whoever consumes it)."
+        )
+        # Left on the stack, the scope would outlive every block around it:
+        # its mode would hold here for good, and what it records never flush.
+        for position in range(len(scopes) - 1, -1, -1):
+            if scopes[position].owner is self:
+                _scopes.set(scopes[:position] + scopes[position + 1 :])
+                _end_out_of_order(scopes[position], error)
+                break
+        raise error
 
     def _exit(self, exc: BaseException | None) -> None:
         scope = self._pop()
@@ -317,6 +330,23 @@ class override_autoupdate:
         cls.setUpClass = classmethod(setUpClass)  # type: ignore[assignment]
         cls.setUp = setUp  # type: ignore[method-assign,assignment]
         return cls
+
+
+def _end_out_of_order(scope: Scope, error: BaseException) -> None:
+    """End ``scope``, taken off the stack out of order, as if ``error`` left
+    it: its recorded work is flushed now outside a transaction, on commit
+    inside one, and a failure of that is logged."""
+    buffer = scope.buffer
+    if not scope.owns_buffer or buffer is None:
+        return
+    if buffer and _in_event_loop() and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
+        buffer.take()
+        propagation.logger.error(
+            "%r ended out of order inside a running event loop with pending updates; "
+            "run rebuild_maintained_fields to repair these rows.", scope.owner,
+        )
+        return
+    _finish(scope)(buffer, error)
 
 
 def _finish(scope: Scope) -> Callable[[propagation.Buffer, BaseException | None], None]:

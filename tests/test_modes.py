@@ -19,6 +19,10 @@ class TestArguments:
         with pytest.raises(ValueError, match="'deffered'.*'immediate', 'deferred', 'disabled'"):
             override_autoupdate(mode="deffered")
 
+    def test_labels_must_be_strings(self):
+        with pytest.raises(ValueError, match="one or more label strings"):
+            override_autoupdate(labels=5)
+
     def test_labels_must_not_be_empty(self):
         with pytest.raises(ValueError, match="mode='disabled'"):
             override_autoupdate(labels=[])
@@ -68,15 +72,38 @@ class TestModeInForce:
                 assert get_autoupdate_mode() == "immediate"
             assert get_autoupdate_mode() == "disabled"
 
-    def test_exiting_out_of_order_is_an_error(self):
+    def test_exiting_out_of_order_is_an_error_that_leaves_no_scope_behind(self):
         outer, inner = override_autoupdate(mode="disabled"), override_autoupdate(mode="deferred")
         outer.__enter__()
         inner.__enter__()
         with pytest.raises(RuntimeError, match="reverse order"):
             outer.__exit__(None, None, None)
         inner.__exit__(None, None, None)
-        outer.__exit__(None, None, None)
         assert get_autoupdate_mode() == "immediate"
+
+
+@pytest.mark.django_db
+class TestAGeneratorsScopeClosedInsideAnother:
+    """A generator that yields inside a scope, closed while its consumer has
+    a scope of its own open: the generator's scope exits out of order."""
+
+    def test_the_scope_is_flushed_and_does_not_outlive_the_blocks(self, study, django_capture_on_commit_callbacks):
+        def rows():
+            with override_autoupdate(mode="deferred"):
+                Sample.objects.create(study=study, name="in the generator")
+                yield 1
+
+        generator = rows()
+        next(generator)
+        # Flushed as a scope an exception ends: on commit, inside a transaction.
+        with django_capture_on_commit_callbacks(execute=True), override_autoupdate(mode="disabled"):
+            with pytest.raises(RuntimeError, match="not the innermost"):
+                generator.close()
+            assert get_autoupdate_mode() == "disabled"
+        assert get_autoupdate_mode() == "immediate"
+        assert fresh(study).sample_count == 1
+        Sample.objects.create(study=study, name="after")
+        assert fresh(study).sample_count == 2
 
 
 @pytest.mark.django_db
