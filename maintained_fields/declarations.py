@@ -115,6 +115,25 @@ def declarations_of(model: type) -> dict[str, Declaration]:
     return found
 
 
+def hidden_declarations(model: type[Model]) -> list[tuple[str, Any]]:
+    """The attributes of ``model`` and its bases that wrap a
+    ``@maintained_field`` method in a descriptor (``@property``,
+    ``@cached_property``, ``@classmethod``): the method is not found there,
+    and its field would never be maintained.  By name, with the descriptor."""
+    hidden = []
+    for klass in model.__mro__:
+        if not issubclass(klass, Model) or klass is Model:
+            continue
+        for name, value in vars(klass).items():
+            if isinstance(getattr(value, ATTRIBUTE, None), Declaration):
+                continue
+            for attribute in ("fget", "func", "__func__"):
+                if isinstance(getattr(getattr(value, attribute, None), ATTRIBUTE, None), Declaration):
+                    hidden.append((name, value))
+                    break
+    return hidden
+
+
 # Field without type arguments: the docs evaluate this hint at run time, where Field[...] fails.
 def maintained(field: Field, expression: Any, *, label: str | None = None) -> Field:  # type: ignore[type-arg]
     """Declare that the database computes ``field`` from ``expression``; return ``field``.

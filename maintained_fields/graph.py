@@ -26,7 +26,7 @@ from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Cast, Ceil, Coalesce, Floor, Mod, Round
 from django.db.models.sql import Query
 
-from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, references
+from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, hidden_declarations, references
 
 OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
 
@@ -712,6 +712,17 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
             )
         if meta.abstract or meta.proxy:
             continue
+        for name, descriptor in hidden_declarations(model):
+            graph.errors.append(
+                _error(
+                    15,
+                    f"{meta.label}.{name} is a @maintained_field method wrapped in "
+                    f"{type(descriptor).__name__}, which hides it: its field would never be maintained.",
+                    model,
+                    "Make @maintained_field the outermost decorator, on a plain method: the "
+                    "package calls the method, and code reads the field.",
+                )
+            )
         declared = declarations_of(model)
         declared.update(expressions_of(model))
         if not declared:

@@ -51,6 +51,32 @@ def test_unknown_field():
 
 
 @isolate_apps("tests.testapp")
+@pytest.mark.parametrize("wrapper", [property, classmethod, staticmethod])
+def test_a_method_hidden_by_another_decorator(wrapper):
+    compute = maintained_field("count", depends_on=["name"])(lambda self: 1)
+    compute.__qualname__ = "Bin.compute"
+    Bin = type(
+        "Bin",
+        (MaintainedModel,),
+        {
+            "__module__": __name__,
+            "Meta": type("Meta", (), {"app_label": "testapp"}),
+            "name": models.CharField(max_length=10),
+            "count": models.IntegerField(default=0),
+            "compute": wrapper(compute),
+        },
+    )
+
+    assert messages(Bin) == [
+        (
+            "maintained_fields.E015",
+            f"testapp.Bin.compute is a @maintained_field method wrapped in {wrapper.__name__}, "
+            "which hides it: its field would never be maintained.",
+        )
+    ]
+
+
+@isolate_apps("tests.testapp")
 def test_path_that_does_not_resolve():
     class Shelf(MaintainedModel):
         class Meta:
