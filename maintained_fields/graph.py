@@ -173,8 +173,19 @@ def stored_as(spec: Spec, expression: Any) -> Any:
     rounded to its places by the database, as the column rounds it, so that
     what is computed compares equal to what is stored."""
     if isinstance(spec.field, models.DecimalField):
-        return Cast(expression, output_field=spec.field)
+        return _StoredDecimal(expression, output_field=spec.field)
     return expression
+
+
+class _StoredDecimal(Cast):
+    """A cast to a DecimalField, which SQLite's column does not round (a sum
+    of 0.1 and 0.2 stays 0.30000000000000004): rounded there to the field's
+    places, as Django rounds the value it writes."""
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        sql, params = super().as_sqlite(compiler, connection, **extra_context)
+        places = cast(models.DecimalField, self.output_field).decimal_places  # type: ignore[type-arg]
+        return f"ROUND({sql}, {int(places)})", params
 
 
 def _isolate(expression: Any, model: type[models.Model]) -> Any:

@@ -270,11 +270,13 @@ def recompute(
             else:
                 changed += update_from_select(model, db, batch, specs)
             continue
-        if vendor == "sqlite" and _updates_returning(model, specs, db):
+        how = _updates_returning(model, specs, db) if vendor == "sqlite" else None
+        if how is not None:
+            together = how == "together"
             if quiet:
-                changed.unlisted += update_returning(model, db, batch, specs, returning=False)
+                changed.unlisted += update_returning(model, db, batch, specs, returning=False, together=together)
             else:
-                changed += update_returning(model, db, batch, specs)
+                changed += update_returning(model, db, batch, specs, together=together)
             continue
         if all(spec.settable(vendor) for spec in specs):
             changed += update_set_wise(model, db, batch, specs, size)
@@ -431,94 +433,122 @@ def _link_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return [cast("models.Field[Any, Any]", meta.get_field(a)) for a in sorted(get_graph().nodes[model].up_links)]
 
 
-def _updates_returning(model: type[models.Model], specs: Collection[Spec], db: str) -> bool:
-    """Whether :func:`update_returning` can write ``specs``: own-row
-    expressions, or one expression the UPDATE can compute (an aggregate of
-    a relation: its statement computes it twice, where a read and a write
-    would take two statements), on SQLite with RETURNING (3.35), where the
-    previous values are not wanted (no dry run, no foreign key among the
-    fields), into columns whose stored values SQLite compares as Django does
-    (text, integers, floats: not a decimal Django rounds, nor a date it formats)."""
-    return (
-        feature(db, "vendor") == "sqlite"
-        and all(
-            (spec.own_row if len(specs) > 1 else spec.settable("sqlite"))
+def _updates_returning(model: type[models.Model], specs: Collection[Spec], db: str) -> str | None:
+    """How :func:`update_returning` can write ``specs``, on SQLite with
+    RETURNING (3.35), where the previous values are not wanted (no dry run,
+    no foreign key among the fields), into columns whose stored values
+    SQLite compares as Django does (text, numbers; not a date Django
+    formats): ``"each"``, a statement per spec, for own-row expressions or
+    one expression the UPDATE can compute (an aggregate of a relation: the
+    statement computes it twice, where a read and a write would take two
+    statements); ``"together"``, one statement for several such
+    expressions, where no receiver of ``maintained_values_written`` hears
+    of the model: the statement tells which rows changed, not which of
+    their columns, and each is taken as changed.  None where it cannot."""
+    if not (
+        all(
+            spec.settable("sqlite")
             and spec.expression is not None
             and not spec.field.is_relation
-            and isinstance(spec.field, _COMPARED_ALIKE)
+            and _compared_alike(spec.field)
             for spec in specs
         )
         and feature(db, "can_return_columns_from_insert")  # the same version brings UPDATE ... RETURNING
         and not composite(model)
         and _dry_run.get() is None
-    )
+    ):
+        return None
+    if len(specs) == 1 or all(spec.own_row for spec in specs):
+        return "each"
+    return None if maintained_values_written.has_listeners(model) else "together"
+
+
+def _compared_alike(field: models.Field[Any, Any]) -> bool:
+    """Whether SQLite compares what the column stores with what an expression
+    computes as Django compares the values: a decimal is rounded to its
+    places on both sides (see :func:`graph.stored_as`), and a double holds
+    its every digit up to 15."""
+    if isinstance(field, models.DecimalField):
+        return field.max_digits is not None and field.max_digits <= 15
+    return isinstance(field, _COMPARED_ALIKE)
 
 
 _COMPARED_ALIKE = (models.CharField, models.TextField, models.IntegerField, models.BooleanField, models.FloatField)
 
 
 def update_returning(
-    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec], returning: bool = True
+    model: type[models.Model], db: str, pks: list[Any], specs: Iterable[Spec], returning: bool = True,
+    together: bool = False,
 ) -> Any:
-    """Set the own-row expression ``specs`` on the rows ``pks`` where they
-    differ from the stored values, with one ``UPDATE ... RETURNING`` per
-    spec: nothing is read first, and only the changed rows come back, with
-    their links and new values.  Returns what :func:`recompute` returns,
-    except that the previous values are not known: each is None; without
-    ``returning``, only how many rows changed (a row for each spec)."""
+    """Set the expression ``specs`` on the rows ``pks`` where they differ from
+    the stored values, with one ``UPDATE ... RETURNING`` per spec, or with
+    ``together`` one for them all: nothing is read first, and only the
+    changed rows come back, with their links and new values.  Returns what
+    :func:`recompute` returns, except that the previous values are not
+    known: each is None, and ``together``, every spec's column of a changed
+    row counts as changed; without ``returning``, only how many rows changed
+    (a row for each statement)."""
     connection = connections[db]
     meta = model._meta
     links = _link_fields(model)
     names = [link.attname for link in links]
     rows: dict[Any, tuple[SimpleNamespace, dict[str, Any]]] = {}
     written = 0
-    for spec in sorted(specs, key=lambda spec: spec.field.attname):
+    ordered = sorted(specs, key=lambda spec: spec.field.attname)
+    for group in [tuple(ordered)] if together else [(spec,) for spec in ordered]:
         if not returning:
-            statement = partial(_update_returning_sql, model, db, spec, [])
-            sql, params, _ = _keyed(("counted", model, spec), model, db, pks, statement)
+            statement = partial(_update_returning_sql, model, db, group, [])
+            sql, params, _ = _keyed(("counted", model, group), model, db, pks, statement)
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 written += cursor.rowcount
             continue
-        statement = partial(_update_returning_sql, model, db, spec, [meta.pk, *links, spec.field])
-        sql, params, converters = _keyed(("returning", model, spec), model, db, pks, statement)
+        returned = [meta.pk, *links, *(spec.field for spec in group)]
+        statement = partial(_update_returning_sql, model, db, group, returned)
+        sql, params, converters = _keyed(("returning", model, group), model, db, pks, statement)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             found = _converted([list(row) for row in cursor.fetchall()], converters, connection)
-        attname = spec.field.attname
-        for pk, *linked, value in found:
-            value = normalize(spec, value)  # a value the column cannot store raises, as on every path
+        width = 1 + len(links)
+        for row in found:
+            pk = row[0]
             entry = rows.get(pk)
             if entry is None:
-                entry = rows[pk] = (SimpleNamespace(pk=pk, **dict(zip(names, linked))), {})
-            setattr(entry[0], attname, value)
-            entry[1][attname] = None
-    groups: dict[frozenset[str], list[Any]] = {}
-    for row, old in rows.values():
-        groups.setdefault(frozenset(old), []).append(row)
-    for attnames, group in groups.items():
-        _announce(model, db, group, sorted(attnames))
+                entry = rows[pk] = (SimpleNamespace(pk=pk, **dict(zip(names, row[1:width]))), {})
+            for spec, value in zip(group, row[width:]):
+                # A value the column cannot store raises, as on every path.
+                setattr(entry[0], spec.field.attname, normalize(spec, value))
+                entry[1][spec.field.attname] = None
+    announced: dict[frozenset[str], list[Any]] = {}
+    for written_row, old in rows.values():
+        announced.setdefault(frozenset(old), []).append(written_row)
+    for attnames, changed in announced.items():
+        _announce(model, db, changed, sorted(attnames))
     return list(rows.values()) if returning else written
 
 
 def _update_returning_sql(
-    model: type[models.Model], db: str, spec: Spec, returned: list[Any], pks: list[Any]
+    model: type[models.Model], db: str, specs: tuple[Spec, ...], returned: list[Any], pks: list[Any]
 ) -> tuple[str, list[Any], dict[int, Any]]:
-    """``UPDATE`` the rows ``pks`` whose column of ``spec`` differs from its
-    expression, ``RETURNING`` the columns of ``returned``: SQL, parameters
-    (the keys last) and the converters of what comes back."""
+    """``UPDATE`` the rows ``pks`` where a column of ``specs`` differs from
+    its expression, setting each, ``RETURNING`` the columns of ``returned``:
+    SQL, parameters (the keys last) and the converters of what comes back."""
     query = cast(UpdateQuery, models.QuerySet(model, using=db).filter(pk__in=pks).query.chain(UpdateQuery))
     compiler = query.get_compiler(using=db)
-    value, params = compiler.compile(spec.annotation().resolve_expression(query, allow_joins=False))
-    where, keys = compiler.compile(query.where)
     quote: Callable[[Any], str] = connections[db].ops.quote_name
     table = quote(model._meta.db_table)
-    column = f"{table}.{quote(spec.field.column)}"
-    sql = f"UPDATE {table} SET {quote(spec.field.column)} = {value} WHERE {column} IS NOT ({value}) AND {where}"
+    sets, differ, values = [], [], []
+    for spec in specs:
+        value, params = compiler.compile(spec.annotation().resolve_expression(query, allow_joins=False))
+        sets.append(f"{quote(spec.field.column)} = {value}")
+        differ.append(f"{table}.{quote(spec.field.column)} IS NOT ({value})")
+        values += params
+    where, keys = compiler.compile(query.where)
+    sql = f"UPDATE {table} SET {', '.join(sets)} WHERE ({' OR '.join(differ)}) AND {where}"
     if returned:
         sql += f" RETURNING {', '.join(quote(field.column) for field in returned)}"
     converters = compiler.get_converters([field.get_col(model._meta.db_table) for field in returned])
-    return sql, [*params, *params, *keys], converters
+    return sql, [*values, *values, *keys], converters
 
 
 def _changes(

@@ -577,6 +577,22 @@ def test_an_average_of_floats_keeps_every_place():
     assert Crate.objects.get(pk=crate.pk).mean_float == pytest.approx(4 / 3, rel=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_decimal_is_stored_rounded_to_its_places(mode):
+    # SQLite's decimal column keeps what it is given: an average of 1, 1 and
+    # 2 was stored as 1.3333333333333333, which only Django's read rounded.
+    # Two crates: a flush writes several rows with one statement.
+    crates = [Crate.objects.create(depot=Depot.objects.create()) for _ in range(2)]
+    with override_autoupdate(mode=mode):
+        for crate in crates:
+            for weight in (1, 1, 2):
+                Part.objects.create(crate=crate, weight=weight)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT mean_weight FROM {Crate._meta.db_table}")
+        stored = [Decimal(str(raw)) for (raw,) in cursor.fetchall()]
+    assert stored == [round(Decimal(1 + 1 + 2) / 3, 2)] * 2
+
+
 def test_a_rounded_value_is_neither_rewritten_nor_reported(sql):
     crate = Crate.objects.create(depot=Depot.objects.create())
     parts = [Part.objects.create(crate=crate, weight=weight) for weight in (1, 1, 2)]

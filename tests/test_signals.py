@@ -58,6 +58,21 @@ def test_a_row_the_work_reaches_but_leaves_as_it_was_is_not_announced(written):
     assert Region.objects.get().sale_total == 1
 
 
+def test_only_the_fields_that_changed_are_named(written):
+    # A part reweighed: of its crate's aggregates, the count and the maximum
+    # stay as they were.
+    from tests.expressions.models import Crate, Depot, Part
+
+    crate = Crate.objects.create(depot=Depot.objects.create())
+    light, _ = Part.objects.create(crate=crate, weight=1), Part.objects.create(crate=crate, weight=3)
+    written.clear()
+    light.weight = 2
+    light.save()
+    assert [(sender, pks, fields) for sender, pks, fields, _ in written] == [
+        (Crate, [crate.pk], ["mean_float", "mean_weight", "total_weight"])
+    ]
+
+
 def test_a_flush_is_logged_with_counts_and_time(lab, study, caplog):
     with caplog.at_level(logging.INFO, logger="maintained_fields"):
         with override_autoupdate(mode="deferred"):
