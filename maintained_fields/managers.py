@@ -32,6 +32,7 @@ from .tracking import (
     lock_reach_first,
     own_row_specs,
     reaches_first,
+    snapshot,
     tracked_before,
 )
 from .writes import chunks, locking
@@ -194,6 +195,22 @@ class MaintainedQuerySet(models.QuerySet[Any]):
                 *(spec.field.name for spec in following if spec.field.attname not in written),
             ]
             written |= {spec.field.attname for spec in following}
+
+        def write() -> list[models.Model]:
+            return self._bulk_create(objs, options, node, scope, later, written, unique_fields)
+
+        def put_back() -> Callable[[], object]:
+            # A retry begins with each object as it was: a failed attempt gave it a key.
+            restores = [snapshot(obj, {}) for obj in objs]
+            return lambda: [restore() for restore in restores]
+
+        what = f"A bulk_create() of {self.model._meta.label}"
+        return in_transaction(self.db, what, write, scope.mode == modes.IMMEDIATE, put_back)
+
+    def _bulk_create(
+        self, objs: list[models.Model], options: dict[str, Any], node: ModelNode, scope: modes.Scope,
+        later: list[Spec], written: frozenset[str], unique_fields: Collection[str] | None,
+    ) -> list[models.Model]:
         with _atomic(scope, self.db, moving=bool(node.up_links & written)):
             before = self._conflicting(objs, unique_fields, node) if written else {}
             lock_before_write(node, [(obj, before.get(obj.pk)) for obj in objs], self.db)
@@ -206,7 +223,7 @@ class MaintainedQuerySet(models.QuerySet[Any]):
             merge(records, recompute_records(later, [obj.pk for obj in created if obj.pk is not None]))
             unnamed = [obj for obj in created if obj.pk is None]
             row: dict[str, Any] | SimpleNamespace  # a row's values, then a row
-            if unnamed and ignore_conflicts:
+            if unnamed and options["ignore_conflicts"]:
                 # The database did not say which keys it gave: find the rows by
                 # their unique fields, to compute what they read through relations.
                 for row in self._conflicting(unnamed, None, node).values():

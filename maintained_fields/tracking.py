@@ -102,7 +102,7 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     else:
         write = partial(_save_and_record, instance, save, kwargs, node, scope, using, written, own_row)
         what, needed = f"A save() of {instance._meta.label}", scope.mode == modes.IMMEDIATE or read_first
-        in_transaction(using, what, write, needed, partial(_snapshot, instance, kwargs))
+        in_transaction(using, what, write, needed, partial(snapshot, instance, kwargs))
 
 
 def _loaded_fields(instance: models.Model, kwargs: dict[str, Any]) -> list[str] | None:
@@ -149,7 +149,7 @@ def in_transaction(using: str, what: str, write: Callable[[], T], needed: bool =
     return retrying(using, what, attempt, snapshot() if snapshot is not None else None)
 
 
-def _snapshot(instance: models.Model, kwargs: dict[str, Any]) -> Callable[[], None]:
+def snapshot(instance: models.Model, kwargs: dict[str, Any]) -> Callable[[], None]:
     """What puts ``instance`` and the save()'s ``kwargs`` back as they are now."""
     values, state, cache, arguments = dict(instance.__dict__), dict(vars(instance._state)), None, dict(kwargs)
     if "fields_cache" in state:

@@ -199,15 +199,26 @@ def test_an_immediate_save_outside_any_transaction_is_retried_after_a_deadlock(c
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL lets the test choose the deadlock's victim")
 @pytest.mark.parametrize(
     "how",
-    ["instance delete()", "QuerySet.delete()", "update()", "bulk_update()", "get_or_create()", "update_or_create()"],
+    [
+        "instance delete()", "QuerySet.delete()", "update()", "bulk_update()", "get_or_create()",
+        "update_or_create()", "bulk_create()",
+    ],
 )
 def test_an_immediate_bulk_write_or_delete_outside_any_transaction_is_retried_after_a_deadlock(how, caplog):
     # get_or_create() and update_or_create() run their save() in a
-    # transaction of Django's, found by an outside tester unretried.
+    # transaction of Django's, found by an outside tester unretried;
+    # bulk_create() does its insert in one.
     with a_deadlock_partner(samples=2) as study, caplog.at_level("WARNING", logger="maintained_fields"):
         first = Sample.objects.order_by("pk").first()
         if how == "get_or_create()":
             assert Sample.objects.get_or_create(study=study, name="new", defaults={"weight": 1})[1]
+        elif how == "bulk_create()":
+            new = [Sample(study=study, name=name) for name in ("n1", "n2")]
+            Sample.objects.bulk_create(new)
+            # Inserted once, by the retry, with the keys it gave the objects.
+            assert sorted(Sample.objects.filter(name__in=["n1", "n2"]).values_list("pk", flat=True)) == sorted(
+                sample.pk for sample in new
+            )
         elif how == "update_or_create()":
             assert not Sample.objects.update_or_create(pk=first.pk, defaults={"weight": 5})[1]
         elif how == "instance delete()":
