@@ -369,6 +369,39 @@ class TestRoundTrips:
         assert len(queries) == {"postgresql": 3, "mysql": 9}.get(connection.vendor, 4), queries
         self.totals_are_right()
 
+    def fleet_is_right(self):
+        from tests.chain.models import Fleet, Sailor, Ship
+
+        crew = list(Sailor.objects.values_list("ship", "wage"))
+        ships = dict(Ship.objects.values_list("pk", "fleet"))
+        expected = {pk: (sum(1 for s, _ in crew if s == pk), sum((w for s, w in crew if s == pk), Decimal(0)))
+                    for pk in ships}
+        assert {pk: (count, payroll) for pk, count, payroll in Ship.objects.values_list("pk", "crew_count", "payroll")
+                } == expected
+        fleets = {pk: 0 for pk in Fleet.objects.values_list("pk", flat=True)}
+        for ship, (count, _) in expected.items():
+            fleets[ships[ship]] += count
+        assert dict(Fleet.objects.values_list("pk", "crew_total")) == fleets
+
+    def test_a_parent_s_aggregates_are_written_by_one_statement_on_sqlite(self, sql):
+        # The ship's count and payroll, set where either differs, in one
+        # UPDATE ... RETURNING; then the fleet's.  PostgreSQL: as for a sale.
+        from django.db import connection
+
+        from tests.chain.models import Fleet, Sailor, Ship
+
+        ship = Ship.objects.create(fleet=Fleet.objects.create())
+        with sql() as queries:
+            sailor = Sailor.objects.create(ship=ship, wage=Decimal("0.10"))
+        assert len(queries) == {"postgresql": 2, "mysql": 8}.get(connection.vendor, 3), queries
+        Sailor.objects.create(ship=ship, wage=Decimal("0.20"))
+        # A raise changes the payroll alone: the fleet, which reads the count,
+        # may be recomputed, and must stay right.
+        sailor.wage = Decimal("1.15")
+        sailor.save()
+        Sailor.objects.create(ship=Ship.objects.create(fleet=ship.fleet), wage=Decimal("2.5"))
+        self.fleet_is_right()
+
     def test_a_receiver_that_moves_the_parent_before_the_work_reads_it(self):
         # The store's region is read with the INSERT; a receiver of post_save
         # moves the store before the work runs, and the work must count the

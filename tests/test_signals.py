@@ -73,6 +73,19 @@ def test_only_the_fields_that_changed_are_named(written):
     ]
 
 
+def test_a_change_of_an_aggregate_the_grandparent_does_not_read_stops_at_the_parent(written):
+    from decimal import Decimal
+
+    from tests.chain.models import Fleet, Sailor, Ship
+
+    ship = Ship.objects.create(fleet=Fleet.objects.create())
+    sailor = Sailor.objects.create(ship=ship, wage=Decimal("1.00"))
+    written.clear()
+    sailor.wage = Decimal("2.00")
+    sailor.save()
+    assert [(sender, pks, fields) for sender, pks, fields, _ in written] == [(Ship, [ship.pk], ["payroll"])]
+
+
 def test_a_flush_is_logged_with_counts_and_time(lab, study, caplog):
     with caplog.at_level(logging.INFO, logger="maintained_fields"):
         with override_autoupdate(mode="deferred"):

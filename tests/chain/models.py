@@ -3,8 +3,10 @@ study's label, itself maintained from the study's name, and each study counts
 its samples.  From an outside tester's reports of deadlocks between single
 writes (tests/test_concurrency.py)."""
 
+from decimal import Decimal
+
 from django.db import models
-from django.db.models import Count, F, Max, Sum
+from django.db.models import Count, F, Max, Sum, Value
 from django.db.models.functions import Coalesce
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
@@ -107,3 +109,24 @@ class Desk(MaintainedModel):
 class Request(MaintainedModel):
     desk = models.ForeignKey(Desk, related_name="requests", on_delete=models.CASCADE)
     hall = models.ForeignKey(Hall, related_name="+", on_delete=models.CASCADE)
+
+
+class Fleet(MaintainedModel):
+    """A parent with two aggregates, of which the grandparent reads one: on
+    SQLite one statement may set both and say only which rows changed."""
+
+    crew_total = maintained(models.IntegerField(default=0), Coalesce(Sum("ships__crew_count"), 0))
+
+
+class Ship(MaintainedModel):
+    fleet = models.ForeignKey(Fleet, related_name="ships", on_delete=models.CASCADE)
+    crew_count = maintained(models.IntegerField(default=0), Count("crew"))
+    payroll = maintained(
+        models.DecimalField(max_digits=12, decimal_places=2, default=Decimal(0)),
+        Coalesce(Sum("crew__wage"), Value(Decimal(0))),
+    )
+
+
+class Sailor(MaintainedModel):
+    ship = models.ForeignKey(Ship, related_name="crew", on_delete=models.CASCADE)
+    wage = models.DecimalField(max_digits=8, decimal_places=2)
