@@ -414,6 +414,17 @@ def _records_of_save(
     )
     if later:
         merge(records, recompute_records(later, [instance.pk]))
+    if not adding and node.related and _pre_save_heard(instance):
+        # The fields maintained from other rows were read for the write
+        # before Django sent pre_save, whose receivers may have changed what
+        # they read: recompute the ones written, from the rows as they are now.
+        stale = [
+            spec
+            for spec in node.related
+            if (scope.labels is None or spec.label in scope.labels)
+            and (written is None or spec.field.attname in written)
+        ]
+        merge(records, recompute_records(stale, [instance.pk]))
     return records
 
 

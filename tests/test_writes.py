@@ -100,3 +100,36 @@ def test_a_dry_run_forgets_what_an_attempt_given_back_changed():
             recompute(Study, {second.pk: frozenset([slug])}, "default")
     assert [(pk, attname) for _, pk, attname in changes] == [(second.pk, "slug")]
     assert Study.objects.filter(slug="stale").count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+@pytest.mark.parametrize("form", ["method", "expression"])
+def test_a_pre_save_receiver_that_changes_the_parent_is_not_overwritten(form, mode):
+    # An outside tester's receiver bumped the parent of the row being saved:
+    # the full save() wrote back the copy of the parent's value read before
+    # pre_save, over the one the receiver's update() had maintained.
+    from django.db.models.signals import pre_save
+
+    from tests.expressions.models import Crate, Depot, Part
+
+    if form == "method":
+        child_model, parent_model, copy, parent_of = Sample, Study, "study_name", "study_id"
+        parent = Study.objects.create(name="before")
+        child = Sample.objects.create(study=parent, name="bump")
+    else:
+        child_model, parent_model, copy, parent_of = Part, Crate, "crate_name", "crate_id"
+        parent = Crate.objects.create(depot=Depot.objects.create(), name="before")
+        child = Part.objects.create(crate=parent, name="bump")
+
+    def rename_the_parent(sender, instance, **kwargs):
+        parent_model.objects.filter(pk=getattr(instance, parent_of)).update(name="after")
+
+    pre_save.connect(rename_the_parent, sender=child_model)
+    try:
+        child = child_model.objects.get(pk=child.pk)
+        with override_autoupdate(mode=mode):
+            child.save()
+    finally:
+        pre_save.disconnect(rename_the_parent, sender=child_model)
+    assert child_model.objects.values_list(copy, flat=True).get(pk=child.pk) == "after"
