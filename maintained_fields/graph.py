@@ -180,12 +180,23 @@ def stored_as(spec: Spec, expression: Any) -> Any:
 class _StoredDecimal(Cast):
     """A cast to a DecimalField, which SQLite's column does not round (a sum
     of 0.1 and 0.2 stays 0.30000000000000004): rounded there to the field's
-    places, as Django rounds the value it writes."""
+    places by the function writes.sqlite_decimal(), as the package rounds a
+    method's value and PostgreSQL and MariaDB round the column's."""
 
     def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
         sql, params = super().as_sqlite(compiler, connection, **extra_context)
-        places = cast(models.DecimalField, self.output_field).decimal_places  # type: ignore[type-arg]
-        return f"ROUND({sql}, {int(places)})", params
+        return f"maintained_decimal({sql}, {self._places})", params
+
+    def as_mysql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        # MySQL and MariaDB clamp a value too large for the type (999.99 for
+        # 1000.99 into DECIMAL(5, 2)): rounded in the widest type, so that
+        # the value the column cannot hold is the one the package sees.
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"CAST({sql} AS DECIMAL(65, {self._places}))", params
+
+    @property
+    def _places(self) -> int:
+        return int(cast(models.DecimalField, self.output_field).decimal_places)  # type: ignore[type-arg]
 
 
 def _isolate(expression: Any, model: type[models.Model]) -> Any:

@@ -8,6 +8,7 @@ converts it, differs from the stored one.
 from __future__ import annotations
 
 import decimal
+import math
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
@@ -90,6 +91,35 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+# How a decimal is rounded to its field's places: half away from zero, as
+# PostgreSQL and MariaDB round a value into a numeric column.
+ROUNDING = decimal.ROUND_HALF_UP
+# SQLite keeps a decimal as a float: 15 significant digits of it are the
+# number, as Django reads it (a sum of 2.5199, -19.408 and 20.5231 is
+# 3.634999999999998 there, and 3.635 here).
+_SQLITE_DIGITS = decimal.Context(prec=15)
+
+
+def sqlite_decimal(value: Any, places: int) -> Any:
+    """SQLite's ``maintained_decimal(value, places)``: ``value`` rounded to
+    ``places`` as :func:`normalize` rounds a Decimal; NULL stays NULL."""
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return value
+    number = _SQLITE_DIGITS.create_decimal_from_float(value) if isinstance(value, float) else decimal.Decimal(value)
+    rounded = number.quantize(decimal.Decimal(1).scaleb(-places), rounding=ROUNDING, context=_WIDE)
+    return int(rounded) if places <= 0 else float(rounded)
+
+
+_WIDE = decimal.Context(prec=100)
+
+
+def add_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """Give a new SQLite connection the functions the package's SQL calls
+    (a receiver of ``connection_created``)."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function("maintained_decimal", 2, sqlite_decimal, deterministic=True)
+
+
 def normalize(spec: Spec, value: Any) -> Any:
     """``value`` as the field stores it, so that it compares equal to what the
     database gives back (a pk for a relation, a quantized Decimal, an aware
@@ -103,7 +133,8 @@ def normalize(spec: Spec, value: Any) -> Any:
         converted = field.to_python(value)
         if isinstance(field, models.DecimalField) and converted.is_finite():
             context = decimal.Context(prec=field.max_digits, traps=[decimal.InvalidOperation])
-            converted = converted.quantize(decimal.Decimal(1).scaleb(-field.decimal_places), context=context)
+            places = decimal.Decimal(1).scaleb(-field.decimal_places)
+            converted = converted.quantize(places, rounding=ROUNDING, context=context)
     except (ValidationError, decimal.InvalidOperation) as exc:
         reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else (
             f"it has more than {field.max_digits} digits"  # type: ignore[attr-defined]  # only a DecimalField's quantize raises it
@@ -273,7 +304,7 @@ def recompute(
         how = _updates_returning(model, specs, db) if vendor == "sqlite" else None
         if how is not None:
             together = how == "together"
-            if quiet:
+            if quiet and not any(_checked_when_read(spec) for spec in specs):
                 changed.unlisted += update_returning(model, db, batch, specs, returning=False, together=together)
             else:
                 changed += update_returning(model, db, batch, specs, together=together)
@@ -461,6 +492,13 @@ def _updates_returning(model: type[models.Model], specs: Collection[Spec], db: s
     if len(specs) == 1 or all(spec.own_row for spec in specs):
         return "each"
     return None if maintained_values_written.has_listeners(model) else "together"
+
+
+def _checked_when_read(spec: Spec) -> bool:
+    """Whether SQLite may store a value of ``spec`` that its column cannot
+    hold (a string past ``max_length``, a decimal past ``max_digits``): the
+    package reads each such value back to check it."""
+    return isinstance(spec.field, models.DecimalField) or spec.field.max_length is not None
 
 
 def _compared_alike(field: models.Field[Any, Any]) -> bool:
@@ -1062,8 +1100,22 @@ def _converted(rows: list[list[Any]], converters: dict[int, Any], connection: An
     for row in rows:
         for position, (functions, expression) in converters.items():
             for convert in functions:
-                row[position] = convert(row[position], expression, connection)
+                try:
+                    row[position] = convert(row[position], expression, connection)
+                except decimal.InvalidOperation:
+                    raise ValueError(_past_max_digits(expression, row[position])) from None
     return rows
+
+
+def _past_max_digits(expression: Any, value: Any) -> str:
+    """What to say of a decimal ``value`` computed for a column that cannot
+    hold it (SQLite stores it all the same, and Django cannot read it back)."""
+    field = getattr(expression, "target", None) or expression.output_field
+    name = f"{field.model._meta.label}.{field.name}" if getattr(field, "model", None) else repr(field)
+    return (
+        f"{name} cannot store {value!r}, the value computed for it: it has more than "
+        f"max_digits={field.max_digits} digits. Widen the field, or keep the value smaller in its expression."
+    )
 
 
 # (SQL before the keys' IN (%s), SQL after it, parameters before the keys,

@@ -6,7 +6,7 @@ expected are computed here from the books the test made, not read back."""
 import datetime
 import io
 import random
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -17,13 +17,16 @@ from tests.columns.models import Book, Crate, Parcel, Shelf
 pytestmark = pytest.mark.django_db
 
 
+
+CENTS = Decimal("0.01")
+
 def expected(label, books):
     """What each maintained column of a shelf holds, from its ``books`` (dicts)."""
     prices = [book["price"] for book in books]
     return {
         "first_published": min((book["published"] for book in books), default=None),
         "any_signed": any(book["signed"] for book in books),
-        "mean_price": (sum(prices, Decimal(0)) / len(prices)).quantize(Decimal("0.01")) if prices else None,
+        "mean_price": (sum(prices, Decimal(0)) / len(prices)).quantize(CENTS, ROUND_HALF_UP) if prices else None,
         "titles": ", ".join(sorted(book["title"] for book in books)),
         "summary": {"books": len(books), "label": label},
         "weight": sum(book["pages"] for book in books) * 0.25,

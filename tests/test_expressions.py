@@ -610,3 +610,51 @@ def test_a_rounded_value_is_neither_rewritten_nor_reported(sql):
         maintained_values_written.disconnect(receiver)
     assert [q for q in queries if q.startswith('UPDATE "expressions_crate"')] == []
     assert [sender for sender, _ in reported] == []
+
+
+def stored_raw(model, column, pk):
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM {model._meta.db_table} WHERE id = %s", [pk])
+        [(raw,)] = cursor.fetchall()
+    return Decimal(str(raw))
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["2.5"], ["-2.5"], ["0.5"], ["0.125"], ["1.005"],
+        # Exactly on the half, where SQLite's float sum lands just below it
+        # (-999.4999999999999, 3.634999999999998): found by an outside tester.
+        ["0.2", "-1000", "0.2", "0.1"], ["2.5199", "-19.4080", "20.5231"],
+    ],
+)
+def test_a_sum_is_rounded_alike_by_a_method_and_an_expression(values, mode):
+    from tests.expressions.models import Coin, Till
+
+    till = Till.objects.create()
+    with override_autoupdate(mode=mode):
+        for value in values:
+            Coin.objects.create(till=till, value=Decimal(value))
+    total = sum(Decimal(value) for value in values)
+    # Half away from zero, as PostgreSQL and MariaDB round a numeric column.
+    expected = {places: total.quantize(Decimal(1).scaleb(-places), rounding="ROUND_HALF_UP") for places in (0, 2)}
+    stored = Till.objects.values().get(pk=till.pk)
+    assert {places: stored[f"by_method_{places}"] for places in (0, 2)} == expected
+    assert {places: stored[f"by_expression_{places}"] for places in (0, 2)} == expected
+    assert {places: stored_raw(Till, f"by_expression_{places}", till.pk) for places in (0, 2)} == expected
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_sum_past_max_digits_fails_the_write_and_stores_nothing(mode):
+    # SQLite stored 1000.99 into max_digits=5, and reading the row raised a
+    # bare InvalidOperation; PostgreSQL and MariaDB refuse it themselves.
+    from tests.expressions.models import Penny, Purse
+
+    purse = Purse.objects.create()
+    Penny.objects.create(purse=purse, value=Decimal("999.99"))
+    with pytest.raises((ValueError, DataError)):
+        with transaction.atomic(), override_autoupdate(mode=mode):
+            Penny.objects.create(purse=purse, value=Decimal("1"))
+    assert Purse.objects.get(pk=purse.pk).small == Decimal("999.99")
+    assert Penny.objects.count() == 1

@@ -1,6 +1,8 @@
 """Fields the database computes, declared with maintained(): one model per
 relation kind, as in tests/drift, so that no path covers for another."""
 
+from decimal import Decimal
+
 from django.db import models
 from django.db.models import Avg, Case, Count, F, Max, Q, Sum, Value, When
 from django.db.models.functions import Cast, Coalesce, Concat, Upper
@@ -68,3 +70,47 @@ class Halved(MaintainedModel):
 
     size = models.IntegerField(default=0)
     half = maintained(models.IntegerField(default=0), Cast(F("size") / 2.0, output_field=models.IntegerField()))
+
+
+def places(digits, places):
+    return models.DecimalField(max_digits=digits, decimal_places=places)
+
+
+class Till(MaintainedModel):
+    """The same sums as a method and as an expression, into 0 and 2 places."""
+
+    by_expression_0 = maintained(
+        models.DecimalField(max_digits=20, decimal_places=0, default=0),
+        Coalesce(Sum("coins__value"), Value(Decimal(0)), output_field=places(20, 0)),
+    )
+    by_expression_2 = maintained(
+        models.DecimalField(max_digits=20, decimal_places=2, default=0),
+        Coalesce(Sum("coins__value"), Value(Decimal(0)), output_field=places(20, 2)),
+    )
+    by_method_0 = models.DecimalField(max_digits=20, decimal_places=0, default=0)
+    by_method_2 = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+
+    @maintained_field("by_method_0", depends_on=["coins__value"])
+    def compute_by_method_0(self):
+        return self.coins.aggregate(total=Sum("value"))["total"] or Decimal(0)
+
+    @maintained_field("by_method_2", depends_on=["coins__value"])
+    def compute_by_method_2(self):
+        return self.coins.aggregate(total=Sum("value"))["total"] or Decimal(0)
+
+
+class Coin(MaintainedModel):
+    till = models.ForeignKey(Till, models.CASCADE, related_name="coins")
+    value = models.DecimalField(max_digits=12, decimal_places=4)
+
+
+class Purse(MaintainedModel):
+    small = maintained(
+        models.DecimalField(max_digits=5, decimal_places=2, default=0),
+        Coalesce(Sum("pennies__value"), Value(Decimal(0)), output_field=places(5, 2)),
+    )
+
+
+class Penny(MaintainedModel):
+    purse = models.ForeignKey(Purse, models.CASCADE, related_name="pennies")
+    value = models.DecimalField(max_digits=12, decimal_places=4)
