@@ -751,6 +751,10 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
 
 
 RETRIES = 5
+# A flush of the package's own: it waits for no user, and what a flush that
+# fails for good leaves behind (rows written, the values they lead to stale)
+# is worth seconds more of trying.
+FLUSH_RETRIES = 8
 
 
 def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -> None:
@@ -763,20 +767,22 @@ def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -
     """
     if connections[db].in_atomic_block:
         return process(db, labels, records, level=logging.INFO)
-    retrying(db, "Maintained-field updates", partial(process, db, labels, records, level=logging.INFO,
-                                                     own_transaction=True))
+    work = partial(process, db, labels, records, level=logging.INFO, own_transaction=True)
+    retrying(db, "Maintained-field updates", work, attempts=FLUSH_RETRIES)
 
 
-def retrying(db: str, what: str, work: Callable[[], T], undo: Callable[[], object] | None = None) -> T:
+def retrying(
+    db: str, what: str, work: Callable[[], T], undo: Callable[[], object] | None = None, attempts: int = RETRIES
+) -> T:
     """``work()``, a transaction of the package's own on ``db``: a deadlock or
-    serialization failure, which rolls it back, is retried, up to RETRIES
-    attempts in all, after a jittered, growing pause and ``undo()``; each
-    retry is logged at WARNING, naming ``what`` failed."""
-    for attempt in range(1, RETRIES + 1):
+    serialization failure, which rolls it back, is retried, up to
+    ``attempts`` in all, after a jittered, doubling pause and ``undo()``;
+    each retry is logged at WARNING, naming ``what`` failed."""
+    for attempt in range(1, attempts + 1):
         try:
             return work()
         except DatabaseError as error:
-            if attempt == RETRIES or not _transient(error):
+            if attempt == attempts or not _transient(error):
                 raise
             if undo is not None:
                 undo()
@@ -787,7 +793,7 @@ def retrying(db: str, what: str, work: Callable[[], T], undo: Callable[[], objec
                 db,
                 str(error).splitlines()[0],
                 attempt,
-                RETRIES - 1,
+                attempts - 1,
                 pause,
             )
             time.sleep(pause)
