@@ -304,7 +304,7 @@ def recompute(
         how = _updates_returning(model, specs, db) if vendor == "sqlite" else None
         if how is not None:
             together = how == "together"
-            if quiet and not any(_checked_when_read(spec) for spec in specs):
+            if quiet:
                 changed.unlisted += update_returning(model, db, batch, specs, returning=False, together=together)
             else:
                 changed += update_returning(model, db, batch, specs, together=together)
@@ -535,14 +535,23 @@ def update_returning(
     ordered = sorted(specs, key=lambda spec: spec.field.attname)
     for group in [tuple(ordered)] if together else [(spec,) for spec in ordered]:
         if not returning:
-            statement = partial(_update_returning_sql, model, db, group, [])
+            checked = tuple(spec for spec in group if _checked_when_read(spec))
+            statement = partial(_update_returning_sql, model, db, group, [], checked)
             sql, params, _ = _keyed(("counted", model, group), model, db, pks, statement)
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
-                written += cursor.rowcount
+                if not checked:
+                    written += cursor.rowcount
+                    continue
+                found = cursor.fetchall()
+            written += len(found)
+            for row in found:
+                for spec, value in zip(checked, row):
+                    if value is not None:
+                        normalize(spec, value)  # raises: the column cannot hold it
             continue
         returned = [meta.pk, *links, *(spec.field for spec in group)]
-        statement = partial(_update_returning_sql, model, db, group, returned)
+        statement = partial(_update_returning_sql, model, db, group, returned, ())
         sql, params, converters = _keyed(("returning", model, group), model, db, pks, statement)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -566,11 +575,14 @@ def update_returning(
 
 
 def _update_returning_sql(
-    model: type[models.Model], db: str, specs: tuple[Spec, ...], returned: list[Any], pks: list[Any]
+    model: type[models.Model], db: str, specs: tuple[Spec, ...], returned: list[Any], checked: tuple[Spec, ...],
+    pks: list[Any],
 ) -> tuple[str, list[Any], dict[int, Any]]:
     """``UPDATE`` the rows ``pks`` where a column of ``specs`` differs from
-    its expression, setting each, ``RETURNING`` the columns of ``returned``:
-    SQL, parameters (the keys last) and the converters of what comes back."""
+    its expression, setting each, ``RETURNING`` the columns of ``returned``,
+    or for each of the ``checked`` specs, its new value where the column
+    cannot hold it (:func:`_checked_when_read`), else NULL: SQL, parameters
+    (the keys last) and the converters of what comes back."""
     query = cast(UpdateQuery, models.QuerySet(model, using=db).filter(pk__in=pks).query.chain(UpdateQuery))
     compiler = query.get_compiler(using=db)
     quote: Callable[[Any], str] = connections[db].ops.quote_name
@@ -585,8 +597,19 @@ def _update_returning_sql(
     sql = f"UPDATE {table} SET {', '.join(sets)} WHERE ({' OR '.join(differ)}) AND {where}"
     if returned:
         sql += f" RETURNING {', '.join(quote(field.column) for field in returned)}"
+    elif checked:
+        sql += f" RETURNING {', '.join(_past_its_column(spec.field, quote) for spec in checked)}"
     converters = compiler.get_converters([field.get_col(model._meta.db_table) for field in returned])
     return sql, [*values, *values, *keys], converters
+
+
+def _past_its_column(field: models.Field[Any, Any], quote: Callable[[Any], str]) -> str:
+    """SQL of the value of ``field``'s column where the column cannot hold it, else NULL."""
+    column = quote(field.column)
+    if isinstance(field, models.DecimalField):
+        limit = 10 ** (int(field.max_digits or 0) - int(field.decimal_places or 0))
+        return f"CASE WHEN abs({column}) >= {limit} THEN {column} END"
+    return f"CASE WHEN length({column}) > {int(field.max_length or 0)} THEN {column} END"
 
 
 def _changes(

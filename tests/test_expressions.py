@@ -658,3 +658,17 @@ def test_a_sum_past_max_digits_fails_the_write_and_stores_nothing(mode):
             Penny.objects.create(purse=purse, value=Decimal("1"))
     assert Purse.objects.get(pk=purse.pk).small == Decimal("999.99")
     assert Penny.objects.count() == 1
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_copy_the_column_cannot_hold_fails_even_where_nothing_reads_it(mode):
+    # A part's copy of its crate's name leads nowhere: its recompute only
+    # counted the rows it wrote, and SQLite stored 60 characters into 50.
+    crate = Crate.objects.create(depot=Depot.objects.create(), name="short")
+    Part.objects.create(crate=crate)
+    with pytest.raises((ValueError, DataError)) as error, transaction.atomic():
+        with override_autoupdate(mode=mode):
+            Crate.objects.filter(pk=crate.pk).update(name="y" * 60)
+    if connection.vendor == "sqlite":
+        assert "it has 60 characters, more than max_length=50" in str(error.value)
+    assert Part.objects.get().crate_name == "short"
