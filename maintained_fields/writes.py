@@ -545,10 +545,11 @@ def update_returning(
                     continue
                 found = cursor.fetchall()
             written += len(found)
-            for row in found:
-                for spec, value in zip(checked, row):
-                    if value is not None:
-                        normalize(spec, value)  # raises: the column cannot hold it
+            if any(map(any, found)):  # a value past its column: never 0 nor empty
+                for row in found:
+                    for spec, value in zip(checked, row):
+                        if value is not None:
+                            normalize(spec, value)  # raises: the column cannot hold it
             continue
         returned = [meta.pk, *links, *(spec.field for spec in group)]
         statement = partial(_update_returning_sql, model, db, group, returned, ())
