@@ -22,7 +22,7 @@ from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import models
 from django.db.models import Aggregate, Count, ExpressionWrapper, ForeignObjectRel
-from django.db.models.expressions import CombinedExpression
+from django.db.models.expressions import Col, CombinedExpression
 from django.db.models.functions import Cast, Ceil, Coalesce, Floor, Mod, Round
 from django.db.models.sql import Query
 
@@ -199,8 +199,28 @@ class _StoredDecimal(Cast):
         return int(cast(models.DecimalField, self.output_field).decimal_places)  # type: ignore[type-arg]
 
 
+class _ExactSum(models.Sum):
+    """A Sum, which SQLite adds in floats (1.005 and -1.000 make
+    0.004999999999999893): of a decimal column, added there as whole
+    numbers of its smallest place, then divided (0.005, as a method adding
+    the values Django reads would)."""
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        source = self.get_source_expressions()[0]
+        field = getattr(source, "target", None) if isinstance(source, Col) else None
+        if not isinstance(field, models.DecimalField) or field.decimal_places is None:
+            return super().as_sqlite(compiler, connection, **extra_context)
+        scale = 10 ** int(field.decimal_places)
+        template = f"%(function)s(%(distinct)sROUND(%(expressions)s * {scale}))"
+        sql, params = self.as_sql(compiler, connection, template=template, **extra_context)
+        return f"CAST(({sql}) / {scale}.0 AS NUMERIC)", params
+
+
 def _isolate(expression: Any, model: type[models.Model]) -> Any:
     def subquery(node: Any) -> Any:
+        if type(node) is models.Sum:
+            node = node.copy()
+            node.__class__ = _ExactSum
         if isinstance(node, models.Aggregate):
             over_children = _over_children(node, model)
             if over_children is not None:
@@ -214,7 +234,9 @@ def _isolate(expression: Any, model: type[models.Model]) -> Any:
 
 
 # Aggregates that ignore NULL inputs and give NULL over no rows (Count: 0).
-_PLAIN_AGGREGATES = (models.Count, models.Sum, models.Avg, models.Max, models.Min, models.StdDev, models.Variance)
+_PLAIN_AGGREGATES = (
+    models.Count, models.Sum, _ExactSum, models.Avg, models.Max, models.Min, models.StdDev, models.Variance
+)
 
 
 def _over_children(aggregate: Any, model: type[models.Model]) -> Any:
@@ -341,8 +363,14 @@ def _kind_mismatch(model: type[models.Model], target: Any, expression: Any) -> t
                 f"({type(target).__name__}): each database makes an integer of a fraction its own way "
                 "(SQLite keeps the fraction, PostgreSQL and MariaDB round it), and the package's writes "
                 "and its check would not agree on the value.",
-                "Make it an integer in the expression, e.g. Cast(Round(...), output_field=IntegerField()), "
-                "or make the column a FloatField or DecimalField.",
+                (
+                    f"Make it a whole number in the expression, e.g. Cast(..., output_field=DecimalField("
+                    f"max_digits={target.max_digits}, decimal_places=0)), which is rounded as the column is; "
+                    "or give the column decimal places."
+                    if isinstance(target, models.DecimalField)
+                    else "Make it an integer in the expression, e.g. Cast(Round(...), output_field=IntegerField()), "
+                    "or make the column a FloatField or DecimalField."
+                ),
             )
     if given is None or wanted is None or given == wanted:
         return None

@@ -341,6 +341,12 @@ def test_a_fraction_into_an_integer_column_is_a_check_error():
         wrapped = maintained(
             models.IntegerField(default=0), ExpressionWrapper(F("ratio") * 2, output_field=IntegerField())
         )
+        # A decimal with no places counts as an integer; a cast to it rounds (a fourth tester).
+        whole_sum = maintained(models.DecimalField(max_digits=9, decimal_places=0, default=0), Sum("spoons__weight"))
+        whole_cast = maintained(
+            models.DecimalField(max_digits=9, decimal_places=0, default=0),
+            Cast(Sum("spoons__weight", default=0), output_field=models.DecimalField(max_digits=9, decimal_places=0)),
+        )
 
         class Meta:
             app_label = "expressions"
@@ -356,12 +362,13 @@ def test_a_fraction_into_an_integer_column_is_a_check_error():
     errors = build([Bowl, Spoon]).errors
     assert [(error.id, error.msg.split(" gives fractions")[0]) for error in errors] == [
         ("maintained_fields.E014", f"expressions.Bowl.{name}'s maintained() expression")
-        for name in ("half", "mean", "weight", "typed", "wrapped")
+        for name in ("half", "mean", "weight", "typed", "wrapped", "whole_sum")
     ]
     assert "is typed integer by its output_field, which names a type and converts nothing" in errors[3].msg
     assert "(FloatField) and expressions.Bowl.half is an integer column (IntegerField)" in errors[0].msg
     assert "(DecimalField) and expressions.Bowl.weight is an integer column (BigIntegerField)" in errors[2].msg
     assert "Cast(Round(...), output_field=IntegerField())" in errors[0].hint
+    assert "Cast(..., output_field=DecimalField(max_digits=9, decimal_places=0))" in errors[5].hint
 
 
 @pytest.mark.django_db
@@ -627,6 +634,9 @@ def stored_raw(model, column, pk):
         # Exactly on the half, where SQLite's float sum lands just below it
         # (-999.4999999999999, 3.634999999999998): found by an outside tester.
         ["0.2", "-1000", "0.2", "0.1"], ["2.5199", "-19.4080", "20.5231"],
+        # Terms that cancel, where the float sum's own digits are noise
+        # (0.004999999999999893): found by another outside tester.
+        ["1.005", "-1"], ["-1.005", "1"], ["1.005", "-0.5", "-0.5"], ["100.005", "-100"],
     ],
 )
 def test_a_sum_is_rounded_alike_by_a_method_and_an_expression(values, mode):

@@ -90,13 +90,14 @@ class Till(MaintainedModel):
     by_method_0 = models.DecimalField(max_digits=20, decimal_places=0, default=0)
     by_method_2 = models.DecimalField(max_digits=20, decimal_places=2, default=0)
 
+    # Added in Python: SQLite's SUM adds floats.
     @maintained_field("by_method_0", depends_on=["coins__value"])
     def compute_by_method_0(self):
-        return self.coins.aggregate(total=Sum("value"))["total"] or Decimal(0)
+        return sum((coin.value for coin in self.coins.all()), Decimal(0))
 
     @maintained_field("by_method_2", depends_on=["coins__value"])
     def compute_by_method_2(self):
-        return self.coins.aggregate(total=Sum("value"))["total"] or Decimal(0)
+        return sum((coin.value for coin in self.coins.all()), Decimal(0))
 
 
 class Coin(MaintainedModel):
