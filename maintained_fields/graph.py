@@ -211,8 +211,9 @@ class _ExactSum(models.Sum):
         if not isinstance(field, models.DecimalField) or field.decimal_places is None:
             return super().as_sqlite(compiler, connection, **extra_context)
         scale = 10 ** int(field.decimal_places)
-        template = f"%(function)s(%(distinct)sROUND(%(expressions)s * {scale}))"
-        sql, params = self.as_sql(compiler, connection, template=template, **extra_context)
+        scaled = self.copy()  # a template given as an argument would clash with the one a filter makes
+        scaled.template = f"%(function)s(%(distinct)sROUND(%(expressions)s * {scale}))"
+        sql, params = scaled.as_sql(compiler, connection, **extra_context)
         return f"CAST(({sql}) / {scale}.0 AS NUMERIC)", params
 
 

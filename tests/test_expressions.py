@@ -682,3 +682,17 @@ def test_a_copy_the_column_cannot_hold_fails_even_where_nothing_reads_it(mode):
     if connection.vendor == "sqlite":
         assert "it has 60 characters, more than max_length=50" in str(error.value)
     assert Part.objects.get().crate_name == "short"
+
+
+@pytest.mark.parametrize("mode", ["immediate", "deferred"])
+def test_a_sum_with_a_filter_and_distinct_values(mode):
+    from tests.expressions.models import Coin, Till
+
+    till = Till.objects.create()
+    values = ["1.005", "-1", "1.005", "0.3", "0.004"]
+    with override_autoupdate(mode=mode):
+        for value in values:
+            Coin.objects.create(till=till, value=Decimal(value))
+    positive = {Decimal(value) for value in values if Decimal(value) > 0}
+    expected = sum(positive).quantize(Decimal("0.01"), "ROUND_HALF_UP")
+    assert Till.objects.get(pk=till.pk).positive == expected == Decimal("1.31")

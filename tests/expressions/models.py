@@ -87,6 +87,11 @@ class Till(MaintainedModel):
         models.DecimalField(max_digits=20, decimal_places=2, default=0),
         Coalesce(Sum("coins__value"), Value(Decimal(0)), output_field=places(20, 2)),
     )
+    # With filter= and distinct=True, which SQLite's exact sum must keep.
+    positive = maintained(
+        models.DecimalField(max_digits=20, decimal_places=2, default=0),
+        Coalesce(Sum("coins__value", filter=Q(coins__value__gt=0), distinct=True), Value(Decimal(0))),
+    )
     by_method_0 = models.DecimalField(max_digits=20, decimal_places=0, default=0)
     by_method_2 = models.DecimalField(max_digits=20, decimal_places=2, default=0)
 
