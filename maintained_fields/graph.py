@@ -211,8 +211,11 @@ class _ExactSum(models.Sum):
         if not isinstance(field, models.DecimalField) or field.decimal_places is None:
             return super().as_sqlite(compiler, connection, **extra_context)
         scale = 10 ** int(field.decimal_places)
-        scaled = self.copy()  # a template given as an argument would clash with the one a filter makes
-        scaled.template = f"%(function)s(%(distinct)sROUND(%(expressions)s * {scale}))"
+        # On a copy, of the class's own template: a template given as an
+        # argument would clash with the one a filter makes (Django 5.2), and
+        # Django 6.0's holds the filter and ordering clauses.
+        scaled = self.copy()
+        scaled.template = self.template.replace("%(expressions)s", f"ROUND(%(expressions)s * {scale})", 1)
         sql, params = scaled.as_sql(compiler, connection, **extra_context)
         return f"CAST(({sql}) / {scale}.0 AS NUMERIC)", params
 
