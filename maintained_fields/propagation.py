@@ -582,9 +582,8 @@ def _walk_reach(
             raise _LateRows(rows={model: rows}) from None
         for row in linked:
             found = targets.get(row.pk)
-            records = records_for(node, row, labels=labels, changed=every if found is None else written[found])
-            merge(downstream, records)
-            due.update(_groups(graph, records))
+            merge(downstream, records_for(node, row, labels=labels, changed=every if found is None else written[found]))
+        due.update(_groups(graph, downstream))
     return reach
 
 
