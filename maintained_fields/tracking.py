@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
-from django.db import connections, models, router, transaction
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models import signals
 
 from . import modes
@@ -102,7 +102,10 @@ def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dic
     else:
         write = partial(_save_and_record, instance, save, kwargs, node, scope, using, written, own_row)
         what, needed = f"A save() of {instance._meta.label}", scope.mode == modes.IMMEDIATE or read_first
-        in_transaction(using, what, write, needed, partial(snapshot, instance, kwargs))
+        # Django inserts a new row last thing before post_save; until then an
+        # error (a pre_save receiver's, an own-row method's) has written nothing.
+        inserted = (lambda: not instance._state.adding) if instance._state.adding else None
+        in_transaction(using, what, write, needed, partial(snapshot, instance, kwargs), inserted)
 
 
 def _loaded_fields(instance: models.Model, kwargs: dict[str, Any]) -> list[str] | None:
@@ -129,18 +132,32 @@ def _loaded_fields(instance: models.Model, kwargs: dict[str, Any]) -> list[str] 
 
 
 def in_transaction(using: str, what: str, write: Callable[[], T], needed: bool = True,
-                   snapshot: Callable[[], Callable[[], object]] | None = None) -> T:
+                   snapshot: Callable[[], Callable[[], object]] | None = None,
+                   wrote: Callable[[], bool] | None = None) -> T:
     """``write()``, in a transaction where ``needed``: the user's, if one is
     open on ``using``; else one of the package's own, which a deadlock or
     serialization failure rolls back and :func:`propagation.retrying` retries,
     after calling the undo that ``snapshot()`` returned before the first
     attempt. The values written are announced once, by the attempt that
-    succeeds."""
+    succeeds.
+
+    An error marks the user's transaction for rollback, as an error in
+    Django's own writes does: the write may be half done.  Where ``wrote()``
+    tells that nothing was written yet, an error other than the database's
+    leaves the transaction usable, as Django leaves it when a ``pre_save``
+    receiver raises."""
     if not needed:
         return write()
     if connections[using].in_atomic_block:
-        with transaction.atomic(using=using, savepoint=False):
+        if wrote is None:
+            with transaction.atomic(using=using, savepoint=False):
+                return write()
+        try:
             return write()
+        except BaseException as error:
+            if isinstance(error, DatabaseError) or wrote():
+                transaction.set_rollback(True, using=using)
+            raise
 
     def attempt() -> T:
         with transaction.atomic(using=using), announced_at_the_end():

@@ -102,6 +102,34 @@ def test_a_dry_run_forgets_what_an_attempt_given_back_changed():
     assert Study.objects.filter(slug="stale").count() == 2
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("signal", ["pre_save", "post_save"])
+def test_an_error_in_a_save_inside_your_transaction(signal):
+    # Before the INSERT nothing is written, and the transaction stays usable,
+    # as plain Django leaves it when a pre_save receiver raises.  After it, the
+    # study's count is not updated yet: committing would keep it wrong, so
+    # the transaction is marked for rollback.
+    from django.db.models import signals
+
+    def refuse(sender, instance, **kwargs):
+        if instance.name == "bad":
+            raise ValueError("refused")
+
+    study = Study.objects.create(name="s")
+    getattr(signals, signal).connect(refuse, sender=Sample)
+    try:
+        with transaction.atomic():
+            Sample.objects.create(study=study, name="good")
+            with pytest.raises(ValueError, match="refused"):
+                Sample.objects.create(study=study, name="bad")
+            assert transaction.get_rollback() is (signal == "post_save")
+    finally:
+        getattr(signals, signal).disconnect(refuse, sender=Sample)
+    kept = ["good"] if signal == "pre_save" else []
+    assert list(Sample.objects.values_list("name", flat=True)) == kept
+    assert Study.objects.get(pk=study.pk).sample_count == len(kept)
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("mode", ["immediate", "deferred"])
 @pytest.mark.parametrize("form", ["method", "expression"])
