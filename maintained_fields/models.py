@@ -49,17 +49,6 @@ class MaintainedModelMixin:
 
     delete.alters_data = True  # type: ignore[attr-defined]
 
-    def _save_table(self, *args: Any, **kwargs: Any) -> Any:
-        # After pre_save, before the values written are read from the instance.
-        if tracking.AFTER_PRE_SAVE in self.__dict__:
-            tracking.after_pre_save(self)  # type: ignore[arg-type]  # mixed into a Model
-        return super()._save_table(*args, **kwargs)  # type: ignore[misc]  # mixed into a Model
-
-    def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
-        if tracking.RETURNED not in self.__dict__:  # nothing for the INSERT to compute: most inserts
-            return super()._do_insert(manager, using, fields, returning_fields, raw)  # type: ignore[misc]
-        return tracking.insert(self, super()._do_insert, manager, using, fields, returning_fields, raw)  # type: ignore[misc,arg-type]
-
 
 class MaintainedModel(MaintainedModelMixin, models.Model):
     """Abstract base for models with ``@maintained_field`` methods.

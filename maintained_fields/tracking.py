@@ -60,11 +60,6 @@ _OLD = "_maintained_fields_old"
 _RESOLVED = "_maintained_fields_resolved"
 _CLEARED = "_maintained_fields_cleared"
 _DELETING = "_maintained_fields_deleting"
-# Set on an instance whose INSERT also computes own-row fields (see insert()); read by MaintainedModelMixin._do_insert.
-RETURNED = "_maintained_fields_returned"
-# Set on an instance whose own-row fields are computed once Django has sent
-# pre_save, whose receivers may change what they read (see after_pre_save()).
-AFTER_PRE_SAVE = "_maintained_fields_after_pre_save"
 
 
 def save_instance(instance: models.Model, save: Callable[..., None], kwargs: dict[str, Any]) -> None:
@@ -200,7 +195,7 @@ def _insert_recorded(
             later = after_the_write([s for s in node.own_row if s in now or s in later], deferred=True, held=held)
             now = [spec for spec in now if spec not in later]
         if _pre_save_heard(instance):
-            instance.__dict__[AFTER_PRE_SAVE] = (now, [], using)
+            _intercept(instance, "_save_table", partial(_after_pre_save, instance, now, [], using))
         else:
             compute_own_rows([instance], now, using)
     if _locks_parents_first(using):
@@ -208,7 +203,7 @@ def _insert_recorded(
     try:
         save(**kwargs)
     finally:
-        instance.__dict__.pop(AFTER_PRE_SAVE, None)
+        _release(instance)
     if not scope.buffer.fill(using, scope.labels, partial(created_records, plan.where, instance, later)):  # type: ignore[union-attr]  # the caller checked
         dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
 
@@ -345,13 +340,32 @@ def expressions_held(instances: Iterable[models.Model], node: ModelNode) -> froz
     return frozenset(held)
 
 
-def insert(instance: models.Model, do_insert: Callable[..., Any], manager: Any, using: str, fields: Any,
-           returning_fields: list[Any], raw: bool) -> Any:
-    """``Model._do_insert()``, also returning the fields :func:`left_to_insert`
-    chose, and setting them on the instance."""
-    specs = instance.__dict__.pop(RETURNED, None)
-    if not specs:
-        return do_insert(manager, using, fields, returning_fields, raw)
+def _intercept(instance: models.Model, name: str, call: Callable[..., Any]) -> None:
+    """Have Django's next call of the model's method ``name`` on ``instance``
+    (``_save_table``, ``_do_insert``) go through ``call(method, *args)``,
+    ``method`` being the model's own, bound.  An attribute of the instance
+    shadows the method for that one call: the saves that need nothing of
+    the kind, nearly all, pay nothing for it."""
+    method = partial(getattr(type(instance), name), instance)
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        del instance.__dict__[name]
+        return call(method, *args, **kwargs)
+
+    instance.__dict__[name] = once
+
+
+def _release(instance: models.Model) -> None:
+    """Drop what :func:`_intercept` left on ``instance`` where the save did
+    not reach it (it raised first)."""
+    instance.__dict__.pop("_save_table", None)
+    instance.__dict__.pop("_do_insert", None)
+
+
+def _insert(instance: models.Model, specs: list[Spec], do_insert: Callable[..., Any], manager: Any, using: str,
+            fields: Any, returning_fields: list[Any], raw: bool) -> Any:
+    """``Model._do_insert()``, also returning the fields of ``specs``
+    (:func:`left_to_insert`), and setting them on the instance."""
     # By position: hashing and comparing fields costs microseconds a save.
     count = len(returning_fields)
     row = do_insert(manager, using, fields, [*returning_fields, *(spec.field for spec in specs)], raw)[0]
@@ -391,15 +405,14 @@ def _save_and_record(
     with _reading_ahead(instance, node, scope, using, written, old, later, adding):
         if in_insert or waits:
             before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
-            if waits:  # computed by after_pre_save()
-                instance.__dict__[AFTER_PRE_SAVE] = (before_insert, in_insert, using)
+            if waits:
+                _intercept(instance, "_save_table", partial(_after_pre_save, instance, before_insert, in_insert, using))
             else:
                 _own_rows_in_insert(instance, in_insert, using)
             try:
                 save(**kwargs)
             except BaseException:
-                instance.__dict__.pop(RETURNED, None)
-                instance.__dict__.pop(AFTER_PRE_SAVE, None)
+                _release(instance)
                 instance.__dict__.update(before)
                 raise
         else:
@@ -484,17 +497,19 @@ def _own_rows_in_insert(instance: models.Model, specs: list[Spec], using: str) -
     if specs:
         for spec in specs:
             setattr(instance, spec.field.attname, row_expression(spec, instance, using))
-        instance.__dict__[RETURNED] = specs
+        _intercept(instance, "_do_insert", partial(_insert, instance, specs))
 
 
-def after_pre_save(instance: models.Model) -> None:
-    """``MaintainedModelMixin._save_table()``: compute the own-row fields left
-    until Django had sent ``pre_save``, whose receivers may have changed
-    what they read (a model with receivers of its ``pre_save``)."""
-    now, in_insert, using = instance.__dict__.pop(AFTER_PRE_SAVE)
+def _after_pre_save(instance: models.Model, now: list[Spec], in_insert: list[Spec], using: str,
+                    save_table: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``Model._save_table()`` of a model with receivers of its ``pre_save``,
+    which may change what own-row fields read: Django calls it once it has
+    sent the signal and before it reads the values to write, so the own-row
+    fields left until then are computed here."""
     if now:
         compute_own_rows([instance], now, using)
     _own_rows_in_insert(instance, in_insert, using)
+    return save_table(*args, **kwargs)
 
 
 def created_records(where: tuple[tuple[tuple[Dependency, int], str | None], ...], instance: models.Model,

@@ -387,3 +387,35 @@ def test_an_instance_loaded_with_only_or_defer(mode, heard):
     qty, price, total, text = Line.objects.values_list("qty", "price", "total", "text").get()
     expected = (qty * price).quantize(Decimal("0.01"))
     assert (qty, price, total, text) == (3, Decimal("2.25"), expected, f"total={expected}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_save_a_pre_save_receiver_refuses_leaves_the_instance_as_it_was(mode):
+    # The package hooks the one save that needs it, on the instance; a
+    # receiver that raises must not leave that hook behind, where it would
+    # make the instance unpicklable (a cache, a report of rejected rows) or
+    # compute fields in a later save that should compute none.  Nothing was
+    # written, so the transaction stays usable, as plain Django leaves it.
+    import pickle
+
+    from django.db.models.signals import pre_save
+
+    def refuse_odd(sender, instance, **kwargs):
+        if instance.qty % 2:
+            raise ValueError("odd")
+
+    pre_save.connect(refuse_odd, sender=Line)
+    try:
+        with override_autoupdate(mode=mode):
+            rejected = Line(qty=3, price=Decimal("1.5"))
+            with pytest.raises(ValueError, match="odd"):
+                rejected.save()
+            Line.objects.create(qty=6, price=Decimal("0.5"))
+        copy = pickle.loads(pickle.dumps(rejected))
+        assert (copy.pk, copy.qty, copy.total) == (None, 3, 0)
+        with override_autoupdate(mode="disabled"):
+            rejected.qty = 8
+            rejected.save()
+    finally:
+        pre_save.disconnect(refuse_odd, sender=Line)
+    assert sorted(Line.objects.values_list("qty", "total")) == [(6, Decimal("3.00")), (8, Decimal("0.00"))]
