@@ -37,6 +37,7 @@ from .writes import (
     fetch,
     fetch_ahead,
     forward_reads,
+    in_users_transaction,
     lock_rows,
     recompute,
     recompute_in_one_message,
@@ -739,7 +740,7 @@ def finish(buffer: Buffer, exc: BaseException | None) -> None:
                 first_error = error
         elif exc is not None and connections[db].in_atomic_block:
             transaction.on_commit(partial(_process_logged, db, labels, records), using=db)
-        else:
+        else:  # outside a transaction, or in one the user manages (set_autocommit(False)), whose fate it shares
             _process_logged(db, labels, records)
     if first_error is not None:
         first_error.add_note(
@@ -758,13 +759,13 @@ FLUSH_RETRIES = 8
 
 def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -> None:
     """process() a flush; in a transaction of the package's own when outside
-    any of the user's.
+    any of the user's (an atomic block, or ``set_autocommit(False)``).
 
     There the work is idempotent (it recomputes from the rows as they are), so
     a deadlock or serialization failure is retried (:func:`retrying`).
     Inside the user's transaction nothing is retried.
     """
-    if connections[db].in_atomic_block:
+    if in_users_transaction(db):
         return process(db, labels, records, level=logging.INFO)
     work = partial(process, db, labels, records, level=logging.INFO, own_transaction=True)
     retrying(db, "Maintained-field updates", work, attempts=FLUSH_RETRIES)

@@ -42,6 +42,7 @@ from .writes import (
     chunks,
     evaluate_in_memory,
     feature,
+    in_users_transaction,
     keyed_values,
     keys,
     lock_rows,
@@ -143,16 +144,16 @@ def in_transaction(using: str, what: str, write: Callable[[], T], needed: bool =
     receiver raises."""
     if not needed:
         return write()
-    if connections[using].in_atomic_block:
-        if wrote is None:
-            with transaction.atomic(using=using, savepoint=False):
-                return write()
+    if wrote is not None and connections[using].in_atomic_block:
         try:
             return write()
         except BaseException as error:
             if isinstance(error, DatabaseError) or wrote():
                 transaction.set_rollback(True, using=using)
             raise
+    if in_users_transaction(using):
+        with transaction.atomic(using=using, savepoint=False):
+            return write()
 
     def attempt() -> T:
         with transaction.atomic(using=using), announced_at_the_end():

@@ -888,6 +888,15 @@ def _forward_rows(
             yield parent, models.QuerySet(parent, using=db).filter(pk__in=reached)
 
 
+def in_users_transaction(db: str) -> bool:
+    """Whether a write on ``db`` runs in a transaction of the user's: an
+    atomic block, or manual transaction management (``set_autocommit(False)``).
+    There the package begins no transaction of its own and retries nothing:
+    what the user's transaction did before cannot be done again."""
+    connection = connections[db]
+    return connection.in_atomic_block or not connection.get_autocommit()
+
+
 def locking(db: str) -> bool:
     """Whether rows are locked before they are written, here and now: with
     LOCK_ROWS, on a database that can, inside a transaction."""

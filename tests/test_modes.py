@@ -357,3 +357,31 @@ def test_decorated_test_case_leaves_nothing_behind():
 class TestPlainUnittestCase(PlainTestCase):
     def test_plain_unittest_case(self):
         self.assertEqual(get_autoupdate_mode(), "disabled")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("how", ["deferred", "deferred, raising", "immediate"])
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_under_manual_transaction_management(how, end):
+    # From an outside tester: under set_autocommit(False) on MariaDB, a
+    # deferred scope's flush set the isolation level inside the open
+    # transaction and failed; raising, it also left the connection unusable.
+    # Such a transaction is the user's: the work joins it, and shares its fate.
+    study = Study.objects.create(name="Study")
+    transaction.set_autocommit(False)
+    try:
+        Study.objects.count()  # the transaction has begun
+        try:
+            with override_autoupdate(mode=how.split(",")[0]):
+                Sample.objects.create(study=study, name="a")
+                Sample.objects.create(study=study, name="b")
+                if how.endswith("raising"):
+                    raise KeyError("the loader's error")
+        except KeyError:
+            pass
+        getattr(transaction, end)()
+    finally:
+        transaction.set_autocommit(True)
+    expected = Sample.objects.filter(study=study).count()
+    assert expected == (2 if end == "commit" else 0)
+    assert Study.objects.get(pk=study.pk).sample_count == expected
