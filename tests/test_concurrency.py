@@ -178,6 +178,45 @@ def test_a_flush_of_the_package_s_own_is_retried_after_a_deadlock(caplog):
     assert_no_drift()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="lock_timeout: PostgreSQL's own")
+def test_a_rebuild_batch_that_cannot_take_its_locks_is_retried(caplog):
+    # An outside tester's rebuild died of a deadlock with a concurrent writer.
+    # A lock timeout is as transient: a writer holds a study for a second,
+    # while the rebuild's batch gives up waiting for it after 100 ms.
+    from django.core.management import call_command
+
+    study = Study.objects.create(name="a", lab=Lab.objects.create(name="lab"))
+    Sample.objects.create(study=study, name="x", weight=2)
+    with override_autoupdate(mode="disabled"):
+        Study.objects.filter(pk=study.pk).update(sample_count=7)  # what the rebuild repairs
+    holding = threading.Event()
+
+    def writer():
+        try:
+            with transaction.atomic():
+                list(Study.objects.select_for_update().filter(pk=study.pk))
+                holding.set()
+                time.sleep(1)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    holding.wait(5)
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '100ms'")
+    try:
+        with caplog.at_level("WARNING", logger="maintained_fields"):
+            call_command("rebuild_maintained_fields", "testapp.Study", verbosity=0)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        thread.join(15)
+    retries = [record.getMessage() for record in caplog.records if "retry" in record.getMessage()]
+    assert retries and all(message.startswith("A rebuild of testapp.Study") for message in retries)
+    assert_no_drift()
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL lets the test choose the deadlock's victim")
 def test_an_immediate_save_outside_any_transaction_is_retried_after_a_deadlock(caplog):
     # The save() runs in a transaction of the package's own, begun with the

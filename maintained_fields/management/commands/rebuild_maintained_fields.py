@@ -4,6 +4,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand
@@ -12,9 +13,9 @@ from tqdm import tqdm
 
 from ...conf import get_config
 from ...graph import Spec, get_graph
-from ...propagation import Records, merge, process, records_for
+from ...propagation import FLUSH_RETRIES, Records, merge, process, records_for, retrying
 from ...writes import dry_run as rolled_back
-from ...writes import keys, lock, locking, recompute
+from ...writes import in_users_transaction, keys, lock, locking, recompute
 from ._selection import add_selection_arguments, drift_entry, drift_line, selected_groups
 
 logger = logging.getLogger("maintained_fields")
@@ -113,18 +114,19 @@ def rebuild(
                 disable=bars is None,
             ) as progress:
                 started, changed, group_rows = time.perf_counter(), 0, 0
-                last = None
+                last, what = None, f"A rebuild of {model._meta.label}"
                 while True:
-                    # Each batch is read, locked and recomputed in a
-                    # transaction of its own: the page query takes the locks.
-                    with transaction.atomic(using=database):
-                        page = pks.order_by("pk") if last is None else pks.order_by("pk").filter(pk__gt=last)
-                        if locking(database):
-                            page = lock(page)
-                        batch = list(keys(model, page[:size]))
-                        if not batch:
-                            break
-                        changed += _rebuild(database, label_filter, specs, batch, size, selected, downstream)
+                    # Each batch is a transaction of its own, retried after a
+                    # deadlock with concurrent writers as a flush is: it
+                    # recomputes from the rows as they are.
+                    work = partial(_batch, database, label_filter, specs, last, size, selected, downstream)
+                    if in_users_transaction(database):
+                        batch, count = work()
+                    else:
+                        batch, count = retrying(database, what, work, attempts=FLUSH_RETRIES)
+                    if not batch:
+                        break
+                    changed += count
                     last = batch[-1]
                     progress.update(len(batch))
                     group_rows += len(batch)
@@ -139,8 +141,39 @@ def rebuild(
                 time.perf_counter() - started,
             )
         if downstream:
-            process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
+            if in_users_transaction(database):
+                process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
+            else:
+                flush = partial(process, database, label_filter, downstream, batch_size=size, level=logging.INFO,
+                                own_transaction=True)
+                retrying(database, "A rebuild's updates", flush, attempts=FLUSH_RETRIES)
     return rows
+
+
+def _batch(
+    database: str,
+    labels: frozenset[str] | None,
+    specs: tuple[Spec, ...],
+    last: Any,
+    size: int,
+    selected: set[Spec],
+    downstream: Records,
+) -> tuple[list[Any], int]:
+    """Read and lock the ``size`` rows of ``specs``' model after the key
+    ``last`` (None: from the first), and recompute them, in a transaction:
+    their keys, and how many changed.  The page query takes the locks."""
+    model = specs[0].model
+    with transaction.atomic(using=database):
+        page: models.QuerySet[Any, Any] = models.QuerySet(model, using=database).values_list("pk", flat=True)
+        page = page.order_by("pk")
+        if last is not None:
+            page = page.filter(pk__gt=last)
+        if locking(database):
+            page = lock(page)
+        batch = list(keys(model, page[:size]))
+        if not batch:
+            return batch, 0
+        return batch, _rebuild(database, labels, specs, batch, size, selected, downstream)
 
 
 def _rebuild(
