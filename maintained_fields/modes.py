@@ -56,11 +56,20 @@ _scopes: ContextVar[tuple[Scope, ...]] = ContextVar("maintained_fields_scopes", 
 
 
 def current_scope() -> Scope:
-    """The innermost scope here, or one made from the settings default."""
+    """The innermost scope here, or the one of the settings default."""
     scopes = _scopes.get()
     if scopes:
         return scopes[-1]
-    return Scope(None, get_config()["DEFAULT_MODE"], None, None, False)
+    mode = get_config()["DEFAULT_MODE"]
+    scope = _default_scopes.get(mode)
+    if scope is None:
+        scope = _default_scopes[mode] = Scope(None, mode, None, None, False)
+    return scope
+
+
+# A scope of each default mode, made once: making one costs a microsecond,
+# on every write made outside any override (most of a web application's).
+_default_scopes: dict[str, Scope] = {}
 
 
 def get_autoupdate_mode() -> str:

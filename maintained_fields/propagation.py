@@ -697,14 +697,14 @@ class Buffer:
         """Record ``records``; False if the scope has already ended."""
         return self.fill(db, labels, lambda work: merge(work, records))
 
-    def fill(self, db: str, labels: frozenset[str] | None, add: Callable[[Records], object]) -> bool:
-        """Let ``add`` add to the records kept for ``db`` and ``labels``;
-        False, without calling it, if the scope has already ended."""
+    def fill(self, db: str, labels: frozenset[str] | None, add: Callable[..., object], *args: Any) -> bool:
+        """Have ``add(*args, work)`` add to the records kept for ``db`` and
+        ``labels``; False, without calling it, if the scope has already ended."""
         with self._lock:
             if self._closed:
                 return False
             work = self._work.get((db, labels))
-            add(self._work.setdefault((db, labels), {}) if work is None else work)
+            add(*args, self._work.setdefault((db, labels), {}) if work is None else work)
         return True
 
     def take(self) -> dict[tuple[str, frozenset[str] | None], Records]:

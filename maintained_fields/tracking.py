@@ -190,12 +190,14 @@ def _insert_recorded(
     it, with what depends only on the model and the labels planned once."""
     plan = insert_plan(node, scope.labels)
     now, later = plan.now, plan.later
+    waits = False
     if now:
         held = expressions_held([instance], node)
         if held:
             later = after_the_write([s for s in node.own_row if s in now or s in later], deferred=True, held=held)
             now = [spec for spec in now if spec not in later]
-        if _pre_save_heard(instance):
+        waits = _pre_save_heard(instance)
+        if waits:
             _intercept(instance, "_save_table", partial(_after_pre_save, instance, now, [], using))
         else:
             compute_own_rows([instance], now, using)
@@ -204,8 +206,9 @@ def _insert_recorded(
     try:
         save(**kwargs)
     finally:
-        _release(instance)
-    if not scope.buffer.fill(using, scope.labels, partial(created_records, plan.where, instance, later)):  # type: ignore[union-attr]  # the caller checked
+        if waits:
+            _release(instance)
+    if not scope.buffer.fill(using, scope.labels, created_records, plan.where, instance, later):  # type: ignore[union-attr]  # the caller checked
         dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
 
 
@@ -216,9 +219,9 @@ class InsertPlan(NamedTuple):
     # the INSERT, and those left to the flush (see after_the_write()).
     now: list[Spec]
     later: list[Spec]
-    # Where the new row's values are recorded: each record's key, and the
-    # foreign key whose value it records (None: the row's own key).
-    where: tuple[tuple[tuple[Dependency, int], str | None], ...]
+    # Where the new row's values are recorded: each foreign key whose value
+    # is recorded (None: the row's own key), with the keys of its records.
+    where: tuple[tuple[str | None, tuple[tuple[Dependency, int], ...]], ...]
 
 
 def insert_plan(node: ModelNode, labels: frozenset[str] | None) -> InsertPlan:
@@ -226,12 +229,16 @@ def insert_plan(node: ModelNode, labels: frozenset[str] | None) -> InsertPlan:
     if plan is None:
         own_row = [spec for spec in node.own_row if labels is None or spec.label in labels]
         later = after_the_write(own_row, deferred=True)
-        where = tuple(
-            ((dep, hop.record_index), hop.up_link) if hop.kind == REVERSE else ((dep, hop.index), None)
-            for dep, hop in node.saved_edges
-            if labels is None or dep.spec.label in labels
+        where: dict[str | None, list[tuple[Dependency, int]]] = {}
+        for dep, hop in node.saved_edges:
+            if labels is None or dep.spec.label in labels:
+                if hop.kind == REVERSE:
+                    where.setdefault(hop.up_link, []).append((dep, hop.record_index))
+                else:
+                    where.setdefault(None, []).append((dep, hop.index))
+        plan = node.on_insert[labels] = InsertPlan(
+            [s for s in own_row if s not in later], later, tuple((link, tuple(keyed)) for link, keyed in where.items())
         )
-        plan = node.on_insert[labels] = InsertPlan([s for s in own_row if s not in later], later, where)
     return plan
 
 
@@ -477,7 +484,7 @@ def _reading_ahead(
         return _NOTHING
     if not (old or (old is None and adding)):
         return _NOTHING
-    if not old and any(up_link is None for _, up_link in insert_plan(node, scope.labels).where):
+    if not old and any(up_link is None for up_link, _ in insert_plan(node, scope.labels).where):
         return _NOTHING  # the new row's own key, not known before the INSERT
     records = _records_of_save(instance, node, scope, written, old, later, adding)
     return reading_ahead(using, scope.labels, records) if records else _NOTHING
@@ -513,8 +520,8 @@ def _after_pre_save(instance: models.Model, now: list[Spec], in_insert: list[Spe
     return save_table(*args, **kwargs)
 
 
-def created_records(where: tuple[tuple[tuple[Dependency, int], str | None], ...], instance: models.Model,
-                    later: list[Spec], records: Records | None = None) -> Records:
+def created_records(where: tuple[tuple[str | None, tuple[tuple[Dependency, int], ...]], ...],
+                    instance: models.Model, later: list[Spec], records: Records | None = None) -> Records:
     """The records for the insert of ``instance``, whose own-row fields save()
     computed, but for ``later``: what :func:`records_for` gives a created row,
     from the plan of where each value goes (``InsertPlan.where``; a loader
@@ -522,20 +529,22 @@ def created_records(where: tuple[tuple[tuple[Dependency, int], str | None], ...]
     records = {} if records is None else records
     # A new instance holds its values in __dict__; a loader inserts thousands.
     values = instance.__dict__
-    pk = instance.pk
-    for key, up_link in where:
+    for up_link, keyed in where:
         if up_link is None:
-            value = pk
+            value = instance.pk
         else:
             value = values[up_link] if up_link in values else getattr(instance, up_link)
         if value is not None:
-            found = records.get(key)
-            if found is None:
-                records[key] = {value}
-            else:
-                found.add(value)
-    for spec in later:
-        records.setdefault((spec.itself, 0), set()).add(pk)
+            for key in keyed:
+                found = records.get(key)
+                if found is None:
+                    records[key] = {value}
+                else:
+                    found.add(value)
+    if later:
+        pk = instance.pk
+        for spec in later:
+            records.setdefault((spec.itself, 0), set()).add(pk)
     return records
 
 
