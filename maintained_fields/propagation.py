@@ -757,7 +757,9 @@ RETRIES = 5
 FLUSH_RETRIES = 8
 
 
-def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -> None:
+def process_retrying(
+    db: str, labels: frozenset[str] | None, records: Records, batch_size: int | None = None
+) -> None:
     """process() a flush; in a transaction of the package's own when outside
     any of the user's (an atomic block, or ``set_autocommit(False)``).
 
@@ -766,8 +768,8 @@ def process_retrying(db: str, labels: frozenset[str] | None, records: Records) -
     Inside the user's transaction nothing is retried.
     """
     if in_users_transaction(db):
-        return process(db, labels, records, level=logging.INFO)
-    work = partial(process, db, labels, records, level=logging.INFO, own_transaction=True)
+        return process(db, labels, records, batch_size=batch_size, level=logging.INFO)
+    work = partial(process, db, labels, records, batch_size=batch_size, level=logging.INFO, own_transaction=True)
     retrying(db, "Maintained-field updates", work, attempts=FLUSH_RETRIES)
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ...conf import get_config
 from ...graph import Spec, get_graph
-from ...propagation import FLUSH_RETRIES, Records, merge, process, records_for, retrying
+from ...propagation import FLUSH_RETRIES, Records, merge, process_retrying, records_for, retrying
 from ...writes import dry_run as rolled_back
 from ...writes import in_users_transaction, keys, lock, locking, recompute
 from ._selection import add_selection_arguments, drift_entry, drift_line, selected_groups
@@ -141,12 +141,7 @@ def rebuild(
                 time.perf_counter() - started,
             )
         if downstream:
-            if in_users_transaction(database):
-                process(database, label_filter, downstream, batch_size=size, level=logging.INFO)
-            else:
-                flush = partial(process, database, label_filter, downstream, batch_size=size, level=logging.INFO,
-                                own_transaction=True)
-                retrying(database, "A rebuild's updates", flush, attempts=FLUSH_RETRIES)
+            process_retrying(database, label_filter, downstream, batch_size=size)
     return rows
 
 
