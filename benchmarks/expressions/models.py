@@ -15,6 +15,9 @@ class ExprLab(MaintainedModel):
     name = models.CharField(max_length=100)
     sample_count = maintained(models.IntegerField(default=0), Coalesce(Sum("studies__sample_count"), 0))
 
+    class Meta:
+        db_table = "exp_lab"
+
 
 class ExprStudy(MaintainedModel):
     lab = models.ForeignKey(ExprLab, related_name="studies", on_delete=models.CASCADE)
@@ -25,9 +28,15 @@ class ExprStudy(MaintainedModel):
         Coalesce(Sum("samples__weight"), Value(Decimal(0)), output_field=WEIGHT),
     )
 
+    class Meta:
+        db_table = "exp_study"
+
 
 class ExprSample(MaintainedModel):
     study = models.ForeignKey(ExprStudy, related_name="samples", on_delete=models.CASCADE)
     name = models.CharField(max_length=100)
     weight = models.DecimalField(max_digits=9, decimal_places=3)
     code = maintained(models.CharField(max_length=100, default=""), Replace(Upper("name"), Value(" "), Value("-")))
+
+    class Meta:
+        db_table = "exp_sample"

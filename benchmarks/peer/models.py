@@ -15,6 +15,9 @@ class PeerLab(ComputedFieldsModel):
             return 0
         return sum(self.studies.values_list("sample_count", flat=True))
 
+    class Meta:
+        db_table = "per_lab"
+
 
 class PeerStudy(ComputedFieldsModel):
     lab = models.ForeignKey(PeerLab, related_name="studies", on_delete=models.CASCADE)
@@ -33,6 +36,9 @@ class PeerStudy(ComputedFieldsModel):
             return 0
         return self.samples.aggregate(total=models.Sum("weight"))["total"] or 0
 
+    class Meta:
+        db_table = "per_study"
+
 
 class PeerSample(ComputedFieldsModel):
     study = models.ForeignKey(PeerStudy, related_name="samples", on_delete=models.CASCADE)
@@ -42,3 +48,6 @@ class PeerSample(ComputedFieldsModel):
     @computed(models.CharField(max_length=100, default=""), depends=[("self", ["name"])])
     def code(self):
         return self.name.upper().replace(" ", "-")
+
+    class Meta:
+        db_table = "per_sample"
