@@ -10,12 +10,17 @@ method fields and with expression fields, and django-computedfields (the peer).
 A loader saves labs > studies > samples one by one in one transaction (the
 example project's schema, example/lab/loading.py), in four copies of the
 schema: plain models, method fields, expression fields (maintained()) and
-django-computedfields.  Every measurement runs in a fresh process with the
+django-computedfields.  Their tables' names are alike in length (see
+benchmarks/floor/models.py).  Every measurement runs in a fresh process with the
 garbage collector on, from a collected heap; runs are interleaved, in an order rotated each run, so
 that noise on a shared machine hits every variant alike.  The table gives
 medians of wall-clock time (CPU time of the loading process beside it), the
 ratio to the floor measured in the same run, queries, and whether the loaded
-columns hold what the rows say (counted by the benchmark itself).
+columns hold what the rows say (counted by the benchmark itself).  The
+"by hand" rows are the floor's loader keeping the columns itself, with the
+example methods' queries, after every save (immediate) or once the load has
+committed (deferred; benchmarks/floor/by_hand.py): what the same maintenance
+costs in plain Django, package or not.
 
 SQLite runs in a file in a temporary directory; --database-url names a
 PostgreSQL or MariaDB database to use instead (its tables are created and
@@ -50,6 +55,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "example")]
 # variant: (schema, how it loads)
 VARIANTS = {
     "floor": ("plain", None),
+    "by hand immediate": ("plain", "at once"),
+    "by hand deferred": ("plain", "then update"),
     "method disabled": ("method", "disabled"),
     "method deferred": ("method", "deferred"),
     "method immediate": ("method", "immediate"),
@@ -149,7 +156,12 @@ def child(variant, rows, database, per_study, load_rows=True, check=True):
     schema_name, how = VARIANTS[variant]
     models = schema(schema_name)
     empty(models)
-    if schema_name == "peer":
+    if schema_name == "plain" and how:
+        from benchmarks.floor import by_hand
+
+        load = by_hand.load_at_once if how == "at once" else by_hand.load_then_update
+        context = nullcontext()
+    elif schema_name == "peer":
         from computedfields.models import not_computed
 
         context = not_computed(recover=True) if how == "recover" else nullcontext()
@@ -160,7 +172,7 @@ def child(variant, rows, database, per_study, load_rows=True, check=True):
             load(*models, labs=rows // (20 * per_study), studies=20, samples=per_study)
 
     measured = measure(work if load_rows else lambda: None)
-    verdict = correct(models) if check and schema_name != "plain" and how != "disabled" else None
+    verdict = correct(models) if check and how not in (None, "disabled") else None
     print(json.dumps({**measured, "correct": verdict}))
 
 
