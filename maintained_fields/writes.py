@@ -81,6 +81,10 @@ def keyed_values(rows: models.QuerySet[Any], columns: Iterable[str]) -> Iterable
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    if isinstance(items, list):  # most are: a list is sliced at C speed
+        for start in range(0, len(items), size):
+            yield items[start:start + size]
+        return
     batch: list[T] = []
     for item in items:
         batch.append(item)
@@ -1082,7 +1086,7 @@ def _keyed(
     compiling a key costs as much as running the statement with it."""
     key = (*key, db)
     pk_field = model._meta.pk
-    if isinstance(pk_field, models.IntegerField) and all(type(pk) is int for pk in pks):
+    if isinstance(pk_field, models.IntegerField) and set(map(type, pks)) <= {int}:
         keys = list(pks)  # what get_db_prep_value() would give, at a tenth of the cost
     else:
         keys = [pk_field.get_db_prep_value(pk, connections[db]) for pk in pks]

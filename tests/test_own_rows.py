@@ -266,6 +266,21 @@ def test_values_written_as_query_expressions_are_read_from_the_row_once_written(
         assert {name: row[name] for name in ("scaled", "state", "formula")} == expected_reading(row)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_row_created_with_a_query_expression_and_left_alone(mode):
+    """The row's method field that reads a value the database computes is
+    computed from the row once written, with nothing written after it to
+    cover for it (the test above updates its rows again)."""
+    from django.db.models import FloatField, Value
+    from django.db.models.functions import Cast
+
+    with override_autoupdate(mode=mode):
+        created = Reading.objects.create(value=Cast(Value("0.25"), FloatField()), factor=4.0)
+    row = Reading.objects.values("ok", "value", "factor", "scaled", "state", "formula").get(pk=created.pk)
+    assert {name: row[name] for name in ("scaled", "state", "formula")} == expected_reading(row)
+    assert row["formula"] == "0.25 x 4.0"
+
+
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="SQLite stores NaN as NULL, and MariaDB refuses it (Django's error)"
 )
