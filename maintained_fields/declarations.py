@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db.models import F, Field, Model, Q, Window
+from django.db.models import F, Field, Model, Q, Subquery, Window
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now, Random
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -176,6 +177,18 @@ def maintained(field: Field, expression: Any, *, label: str | None = None) -> Fi
             f"maintained() cannot keep a window function ({expression!r}): its value depends on the other "
             "rows of a query, and a maintained value is computed for one row. Use an aggregate over a "
             "relation, e.g. Count('samples'), or compute it when you read the rows."
+        )
+    if _contains(expression, (Subquery, RawSQL)):
+        raise TypeError(
+            f"maintained() cannot keep {expression!r}: the rows a Subquery, Exists or RawSQL reads are not "
+            "among the paths the expression names, so no write to them would be followed. Name them as a "
+            "relation, e.g. Count('items', filter=Q(items__qty__gt=0)) for an Exists, or Max('items__qty') "
+            "for a Subquery of one value; or write a @maintained_field method whose depends_on lists them."
+        )
+    if getattr(field, EXPRESSION, None) is not None:
+        raise TypeError(
+            f"maintained() was given a field that is maintained already, by {getattr(field, EXPRESSION).expression!r}:"
+            " a column keeps one value. Call maintained() once, with the expression it should hold."
         )
     if _contains(expression, (Now, Random)):
         raise TypeError(

@@ -11,8 +11,9 @@ from decimal import Decimal
 import pytest
 from django.core import checks
 from django.db import DataError, IntegrityError, connection, models, transaction
-from django.db.models import Count, F, Q, Sum, Window
-from django.db.models.functions import Now, Random, RowNumber
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum, Window
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce, Now, Random, RowNumber
 from django.test.utils import CaptureQueriesContext, isolate_apps
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -510,6 +511,11 @@ def test_a_value_null_over_no_rows_hides_no_other_error_of_the_field():
         ((models.DateTimeField(null=True), Now()), "reads the clock or chance"),
         ((models.BooleanField(default=False), Q(due__lt=Now())), "reads the clock or chance"),
         ((models.FloatField(default=0), F("n") * Random()), "reads the clock or chance"),
+        # From an outside tester: check passed, and the first save raised "no such column".
+        ((models.BooleanField(default=False), Exists(Part.objects.filter(name=OuterRef("name")))), "Subquery, Exists"),
+        ((models.IntegerField(null=True), Coalesce(Subquery(Part.objects.values("pk")[:1]), 0)), "Subquery, Exists"),
+        ((models.IntegerField(null=True), RawSQL("n + 1", [])), "Subquery, Exists or RawSQL"),
+        ((maintained(models.IntegerField(default=0), F("n") + 1), F("n") + 2), "maintained already, by"),
     ],
 )
 def test_bad_arguments_say_what_to_write(arguments, message):
