@@ -683,7 +683,7 @@ def _resolve(model: type[models.Model], path: str) -> tuple[Hop, ...]:
             elif not found.concrete:
                 raise _PathError(f"{name!r} of {current._meta.label} is not a database column")
             else:
-                terminal = {found.attname}
+                terminal = {found.attname, *_generated_from(found)}
 
     def next_forward_link(position: int) -> set[str]:
         if position < len(steps) and steps[position][0] == FORWARD:
@@ -1061,6 +1061,23 @@ def _is_relation(model: type[models.Model], name: str) -> bool:
         return bool(model._meta.get_field(name).is_relation)
     except FieldDoesNotExist:
         return True  # not a field: E002 reports the path
+
+
+def _generated_from(field: Any) -> set[str]:
+    """The attnames a generated field is computed from, through other
+    generated fields too: the database changes its value when any of them is
+    written, and a write names only them (``update_fields``, ``update()``)."""
+    if not getattr(field, "generated", False):
+        return set()
+    meta = field.model._meta
+    found = set()
+    for lookup in references(field.expression):
+        try:
+            source = meta.get_field(lookup.split("__")[0])
+        except FieldDoesNotExist:
+            continue  # Django's own check reports it
+        found |= {source.attname, *_generated_from(source)}
+    return found
 
 
 def _set_by_the_write(model: type[models.Model]) -> frozenset[str]:

@@ -4,8 +4,8 @@ From an outside tester's reports: each of these was stored wrong, or failed,
 on at least one database."""
 
 from django.db import models
-from django.db.models import Avg, Case, ExpressionWrapper, F, Value, When
-from django.db.models.functions import Cast, Concat
+from django.db.models import Avg, Case, ExpressionWrapper, F, Sum, Value, When
+from django.db.models.functions import Cast, Coalesce, Concat
 
 from maintained_fields import MaintainedModel, maintained, maintained_field
 
@@ -116,3 +116,24 @@ class Tagged(MaintainedModel):
     day = models.DateField(null=True)
     color = maintained(models.JSONField(null=True), F("meta__color"))
     year = maintained(models.IntegerField(null=True), F("day__year"))
+
+
+class GaugeBox(MaintainedModel):
+    """Sums a generated column of its gauges."""
+
+    total = maintained(models.IntegerField(default=0), Coalesce(Sum("gauges__doubled"), 0))
+
+
+class Gauge(MaintainedModel):
+    """Fields read through a generated column, which the database computes
+    from ``reading`` (an outside tester's find: only a full save() was followed)."""
+
+    box = models.ForeignKey(GaugeBox, related_name="gauges", null=True, on_delete=models.SET_NULL)
+    reading = models.IntegerField(default=0)
+    doubled = models.GeneratedField(expression=F("reading") * 2, output_field=models.IntegerField(), db_persist=True)
+    tenfold = maintained(models.IntegerField(default=0), F("doubled") * 5)
+    described = models.CharField(max_length=20, default="")
+
+    @maintained_field("described", depends_on=["doubled"])
+    def describe(self):
+        return f"twice {self.reading} is {self.doubled}"
