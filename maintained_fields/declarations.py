@@ -95,9 +95,16 @@ def maintained_field(
                 f"must take only self, but requires {', '.join(required)}."
             )
         setattr(method, ATTRIBUTE, declaration)
+        _declared_as.setdefault((method.__module__, method.__qualname__), {})[field_name] = declaration
         return method
 
     return decorator
+
+
+# {(module, qualified name): {field name: declaration}}: every method decorated
+# under a name, so that one that a later ``def`` of that name replaced in its
+# class body is not lost without a word (see dropped_declarations()).
+_declared_as: dict[tuple[str, str], dict[str, Declaration]] = {}
 
 
 def declarations_of(model: type) -> dict[str, Declaration]:
@@ -114,6 +121,29 @@ def declarations_of(model: type) -> dict[str, Declaration]:
             elif name in found:
                 del found[name]
     return found
+
+
+def dropped_declarations(model: type) -> list[tuple[str, type, str]]:
+    """The ``@maintained_field`` methods of ``model`` and its bases that a
+    later ``def`` of the same name replaced without the decorator, in a
+    subclass or in the same class body: their fields would never be
+    maintained.  Each as (method name, the class it was declared in, field)."""
+    dropped: dict[tuple[str, str], tuple[str, type, str]] = {}
+    declared: dict[str, tuple[type, Declaration]] = {}
+    for klass in reversed(model.__mro__):
+        for name, value in vars(klass).items():
+            declaration = getattr(value, ATTRIBUTE, None)
+            if name in declared and declared[name][1] is not declaration:
+                base, lost = declared.pop(name)
+                dropped[name, lost.field_name] = (name, base, lost.field_name)
+            if isinstance(declaration, Declaration):
+                declared[name] = (klass, declaration)
+                for field_name in _declared_as.get((klass.__module__, f"{klass.__qualname__}.{name}"), ()):
+                    if field_name != declaration.field_name:
+                        dropped[name, field_name] = (name, klass, field_name)
+    # A subclass that declares the field again, under any name, keeps it maintained.
+    kept = {declaration.field_name for _, declaration in declared.values()}
+    return [entry for entry in dropped.values() if entry[2] not in kept]
 
 
 def hidden_declarations(model: type[Model]) -> list[tuple[str, Any]]:

@@ -26,7 +26,15 @@ from django.db.models.expressions import Col, CombinedExpression
 from django.db.models.functions import Cast, Ceil, Coalesce, Floor, Mod, Round
 from django.db.models.sql import Query
 
-from .declarations import ATTRIBUTE, Declaration, declarations_of, expressions_of, hidden_declarations, references
+from .declarations import (
+    ATTRIBUTE,
+    Declaration,
+    declarations_of,
+    dropped_declarations,
+    expressions_of,
+    hidden_declarations,
+    references,
+)
 
 OWN, FORWARD, REVERSE, M2M = "own", "forward", "reverse", "m2m"
 
@@ -775,6 +783,18 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
                     model,
                     "Make @maintained_field the outermost decorator, on a plain method: the "
                     "package calls the method, and code reads the field.",
+                )
+            )
+        for name, base, field_name in dropped_declarations(model):
+            where = base._meta.label if issubclass(base, models.Model) else base.__qualname__
+            graph.errors.append(
+                _error(
+                    16,
+                    f"{where}.{name}() is declared to maintain {meta.label}.{field_name}, but a later "
+                    f"'def {name}' replaces it: the field would never be maintained.",
+                    model,
+                    f"Decorate the method that replaces it with @maintained_field({field_name!r}, depends_on=[...]), "
+                    "or give the two methods different names.",
                 )
             )
         declared = declarations_of(model)

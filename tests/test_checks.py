@@ -603,3 +603,65 @@ def test_a_misspelt_field_after_a_relation_in_an_expression_is_an_error():
     assert [(id, msg.split(",")[0]) for id, msg in messages(Product, Line)] == [
         ("maintained_fields.E002", "testapp.Line.product_name's maintained() expression depends on 'product__nam'"),
     ]
+
+
+@isolate_apps("tests.testapp")
+def test_a_declared_method_replaced_without_the_decorator():
+    # From an outside tester: the field was silently never maintained, and
+    # no check said so.
+    class Base(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+            abstract = True
+
+        name = models.CharField(max_length=10)
+        up = models.CharField(max_length=20, default="")
+        low = models.CharField(max_length=20, default="")
+
+        @maintained_field("up", depends_on=["name"])
+        def compute(self):
+            return self.name.upper()
+
+    class Overridden(Base):
+        class Meta:
+            app_label = "testapp"
+
+        def compute(self):
+            return self.name.lower()
+
+    class Twice(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        name = models.CharField(max_length=10)
+        up = models.CharField(max_length=20, default="")
+        low = models.CharField(max_length=20, default="")
+
+        @maintained_field("up", depends_on=["name"])
+        def compute(self):
+            return self.name.upper()
+
+        @maintained_field("low", depends_on=["name"])
+        def compute(self):  # noqa: F811  (the mistake under test)
+            return self.name.lower()
+
+    class Redeclared(Base):
+        class Meta:
+            app_label = "testapp"
+
+        @maintained_field("up", depends_on=["name"])
+        def compute(self):
+            return self.name.title()
+
+    assert messages(Overridden, Twice, Redeclared) == [
+        (
+            "maintained_fields.E016",
+            "testapp.Base.compute() is declared to maintain testapp.Overridden.up, but a later 'def compute' "
+            "replaces it: the field would never be maintained.",
+        ),
+        (
+            "maintained_fields.E016",
+            "testapp.Twice.compute() is declared to maintain testapp.Twice.up, but a later 'def compute' "
+            "replaces it: the field would never be maintained.",
+        ),
+    ]
