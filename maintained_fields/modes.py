@@ -131,12 +131,19 @@ class override_autoupdate:
             labels = (labels,)
         if labels is not None:
             given = labels
-            labels = frozenset(labels) if isinstance(labels, Iterable) else frozenset()
-            if not labels or not all(isinstance(label, str) for label in labels):
+            labels = tuple(labels) if isinstance(labels, Iterable) else (labels,)
+            if not all(isinstance(label, str) for label in labels):
+                raise ValueError(
+                    f"override_autoupdate(labels={given!r}): labels takes a label string or a list of them, "
+                    "each a label= given to @maintained_field or maintained(); labels=None, the default, "
+                    "maintains every field."
+                )
+            if not labels:
                 raise ValueError(
                     f"override_autoupdate(labels={given!r}): labels takes one or more label "
                     "strings; to maintain nothing, use mode='disabled'."
                 )
+            labels = frozenset(labels)
         if disable_when is not None and not (isinstance(disable_when, str) and disable_when.isidentifier()):
             raise ValueError(
                 "override_autoupdate(disable_when=...) takes the name of a keyword "

@@ -19,9 +19,10 @@ class TestArguments:
         with pytest.raises(ValueError, match="'deffered'.*'immediate', 'deferred', 'disabled'"):
             override_autoupdate(mode="deffered")
 
-    def test_labels_must_be_strings(self):
-        with pytest.raises(ValueError, match="one or more label strings"):
-            override_autoupdate(labels=5)
+    @pytest.mark.parametrize("labels", [5, [None], ["counts", 5]])
+    def test_labels_must_be_strings(self, labels):
+        with pytest.raises(ValueError, match="a label string or a list of them"):
+            override_autoupdate(labels=labels)
 
     def test_labels_must_not_be_empty(self):
         with pytest.raises(ValueError, match="mode='disabled'"):
