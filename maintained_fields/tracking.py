@@ -212,7 +212,9 @@ def _insert_recorded(
     finally:
         if waits:
             _release(instance)
-    _record_insert(instance, scope, using, plan, later)
+    # _record_insert(), inline: this runs on each row a loader saves.
+    if not scope.buffer.fill(using, scope.labels, created_records, plan.where, instance, later):  # type: ignore[union-attr]  # the caller checked
+        dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
 
 
 def _record_insert(instance: models.Model, scope: modes.Scope, using: str, plan: InsertPlan, later: list[Spec]) -> None:
