@@ -35,7 +35,7 @@ from .tracking import (
     snapshot,
     tracked_before,
 )
-from .writes import chunks, locking
+from .writes import chunks, in_users_transaction, locking
 from .writes import keyed_values as _values
 from .writes import lock as _lock
 
@@ -83,7 +83,11 @@ class MaintainedQuerySet(models.QuerySet[Any]):
         scope, node = self._maintenance()
         self._for_write = True
         what = f"A {name}() of {self.model._meta.label}"
-        return in_transaction(self.db, what, write, node is not None and scope.mode == modes.IMMEDIATE)
+        # Inside your transaction nothing is retried, and Django's own atomic
+        # block (a savepoint there) undoes a failed write: as in plain Django,
+        # an error leaves your transaction usable.
+        retried = node is not None and scope.mode == modes.IMMEDIATE and not in_users_transaction(self.db)
+        return in_transaction(self.db, what, write, retried)
 
     def update(self, **kwargs: Any) -> int:
         scope, node = self._maintenance()
