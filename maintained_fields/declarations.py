@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db.models import F, Field, Model, Q, Subquery, Window
+from django.db.models import F, Field, Model, OuterRef, Q, QuerySet, Subquery, Window
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now, Random
+from django.db.models.sql import Query
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -138,9 +139,10 @@ def dropped_declarations(model: type) -> list[tuple[str, type, str]]:
                 dropped[name, lost.field_name] = (name, base, lost.field_name)
             if isinstance(declaration, Declaration):
                 declared[name] = (klass, declaration)
-                for field_name in _declared_as.get((klass.__module__, f"{klass.__qualname__}.{name}"), ()):
-                    if field_name != declaration.field_name:
-                        dropped[name, field_name] = (name, klass, field_name)
+            # Declared in this class body, then replaced there by a later definition.
+            for field_name in _declared_as.get((klass.__module__, f"{klass.__qualname__}.{name}"), ()):
+                if not isinstance(declaration, Declaration) or field_name != declaration.field_name:
+                    dropped[name, field_name] = (name, klass, field_name)
     # A subclass that declares the field again, under any name, keeps it maintained.
     kept = {declaration.field_name for _, declaration in declared.values()}
     return [entry for entry in dropped.values() if entry[2] not in kept]
@@ -208,10 +210,11 @@ def maintained(field: Field, expression: Any, *, label: str | None = None) -> Fi
             "rows of a query, and a maintained value is computed for one row. Use an aggregate over a "
             "relation, e.g. Count('samples'), or compute it when you read the rows."
         )
-    if _contains(expression, (Subquery, RawSQL)):
+    if _contains(expression, (Subquery, RawSQL, OuterRef, QuerySet, Query)):
         raise TypeError(
-            f"maintained() cannot keep {expression!r}: the rows a Subquery, Exists or RawSQL reads are not "
-            "among the paths the expression names, so no write to them would be followed. Name them as a "
+            "maintained() cannot keep an expression holding a Subquery, Exists, RawSQL, OuterRef or a "
+            "QuerySet (as in Q(name__in=Tag.objects.values('name'))): the rows they read are not among the "
+            "paths the expression names, so no write to them would be followed. Name them as a "
             "relation, e.g. Count('items', filter=Q(items__qty__gt=0)) for an Exists, or Max('items__qty') "
             "for a Subquery of one value; or write a @maintained_field method whose depends_on lists them."
         )

@@ -772,6 +772,18 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
                     f"{cast(type[models.Model], meta.concrete_model)._meta.label}.",
                 )
             )
+        if meta.proxy:
+            concrete = cast(type[models.Model], meta.concrete_model)._meta.label
+            for name, _, field_name in dropped_declarations(model):
+                graph.errors.append(
+                    _error(
+                        16,
+                        f"{meta.label}.{name} replaces {concrete}.{name}(), which maintains {concrete}.{field_name}: "
+                        f"a save through the proxy would compute the field otherwise than one through {concrete}.",
+                        model,
+                        "Remove the proxy's definition, or give it another name.",
+                    )
+                )
         if meta.abstract or meta.proxy:
             continue
         for name, descriptor in hidden_declarations(model):
@@ -791,7 +803,7 @@ def build(model_list: Iterable[type[models.Model]]) -> Graph:
                 _error(
                     16,
                     f"{where}.{name}() is declared to maintain {meta.label}.{field_name}, but a later "
-                    f"'def {name}' replaces it: the field would never be maintained.",
+                    f"definition of {name} replaces it: the field would never be maintained.",
                     model,
                     f"Decorate the method that replaces it with @maintained_field({field_name!r}, depends_on=[...]), "
                     "or give the two methods different names.",

@@ -653,15 +653,47 @@ def test_a_declared_method_replaced_without_the_decorator():
         def compute(self):
             return self.name.title()
 
-    assert messages(Overridden, Twice, Redeclared) == [
+    class Replaced(MaintainedModel):
+        class Meta:
+            app_label = "testapp"
+
+        name = models.CharField(max_length=10)
+        up = models.CharField(max_length=20, default="")
+
+        @maintained_field("up", depends_on=["name"])
+        def compute(self):
+            return self.name.upper()
+
+        def compute(self):  # noqa: F811  (the mistake under test)
+            return "x"
+
+    class Proxied(Redeclared):
+        class Meta:
+            app_label = "testapp"
+            proxy = True
+
+        def compute(self):
+            return "proxy"
+
+    assert messages(Overridden, Twice, Redeclared, Replaced, Proxied) == [
         (
             "maintained_fields.E016",
-            "testapp.Base.compute() is declared to maintain testapp.Overridden.up, but a later 'def compute' "
-            "replaces it: the field would never be maintained.",
+            "testapp.Base.compute() is declared to maintain testapp.Overridden.up, but a later definition "
+            "of compute replaces it: the field would never be maintained.",
         ),
         (
             "maintained_fields.E016",
-            "testapp.Twice.compute() is declared to maintain testapp.Twice.up, but a later 'def compute' "
-            "replaces it: the field would never be maintained.",
+            "testapp.Twice.compute() is declared to maintain testapp.Twice.up, but a later definition "
+            "of compute replaces it: the field would never be maintained.",
+        ),
+        (
+            "maintained_fields.E016",
+            "testapp.Replaced.compute() is declared to maintain testapp.Replaced.up, but a later definition "
+            "of compute replaces it: the field would never be maintained.",
+        ),
+        (
+            "maintained_fields.E016",
+            "testapp.Proxied.compute replaces testapp.Redeclared.compute(), which maintains testapp.Redeclared.up: "
+            "a save through the proxy would compute the field otherwise than one through testapp.Redeclared.",
         ),
     ]

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from django.core import checks
 from django.db import DataError, IntegrityError, connection, models, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum, Window
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, Subquery, Sum, When, Window
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Now, Random, RowNumber
 from django.test.utils import CaptureQueriesContext, isolate_apps
@@ -514,7 +514,14 @@ def test_a_value_null_over_no_rows_hides_no_other_error_of_the_field():
         # From an outside tester: check passed, and the first save raised "no such column".
         ((models.BooleanField(default=False), Exists(Part.objects.filter(name=OuterRef("name")))), "Subquery, Exists"),
         ((models.IntegerField(null=True), Coalesce(Subquery(Part.objects.values("pk")[:1]), 0)), "Subquery, Exists"),
-        ((models.IntegerField(null=True), RawSQL("n + 1", [])), "Subquery, Exists or RawSQL"),
+        ((models.IntegerField(null=True), RawSQL("n + 1", [])), "Subquery, Exists, RawSQL"),
+        # ... and a QuerySet as a lookup's value is a subquery too: the value went stale.
+        (
+            (models.IntegerField(default=0), Case(When(Q(name__in=Part.objects.values("name")), then=1), default=0)),
+            "OuterRef or a QuerySet",
+        ),
+        ((models.IntegerField(default=0), Count("parts", filter=Q(parts__in=Part.objects.all()))), "a QuerySet"),
+        ((models.IntegerField(null=True), OuterRef("pk")), "OuterRef or a QuerySet"),
         ((maintained(models.IntegerField(default=0), F("n") + 1), F("n") + 2), "maintained already, by"),
     ],
 )
