@@ -96,16 +96,17 @@ def maintained_field(
                 f"must take only self, but requires {', '.join(required)}."
             )
         setattr(method, ATTRIBUTE, declaration)
-        _declared_as.setdefault((method.__module__, method.__qualname__), {})[field_name] = declaration
+        _declared_as.setdefault((method.__module__, method.__qualname__), set()).add(field_name)
         return method
 
     return decorator
 
 
-# {(module, qualified name): {field name: declaration}}: every method decorated
-# under a name, so that one that a later ``def`` of that name replaced in its
-# class body is not lost without a word (see dropped_declarations()).
-_declared_as: dict[tuple[str, str], dict[str, Declaration]] = {}
+# {(module, qualified name): the fields declared under it}: every method
+# decorated under a name, so that one that a later ``def`` of that name
+# replaced in its class body is not lost without a word (see
+# dropped_declarations()).
+_declared_as: dict[tuple[str, str], set[str]] = {}
 
 
 def declarations_of(model: type) -> dict[str, Declaration]:

@@ -205,21 +205,14 @@ def _insert_recorded(
         lock_before_write(node, [(instance, None)], using)
     try:
         save(**kwargs)
-    except BaseException:
-        if not instance._state.adding:  # inserted, then a post_save receiver raised: the row stays
-            _record_insert(instance, scope, using, plan, later)
-        raise
     finally:
         if waits:
             _release(instance)
-    # _record_insert(), inline: this runs on each row a loader saves.
-    if not scope.buffer.fill(using, scope.labels, created_records, plan.where, instance, later):  # type: ignore[union-attr]  # the caller checked
-        dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
-
-
-def _record_insert(instance: models.Model, scope: modes.Scope, using: str, plan: InsertPlan, later: list[Spec]) -> None:
-    if not scope.buffer.fill(using, scope.labels, created_records, plan.where, instance, later):  # type: ignore[union-attr]  # the caller checked
-        dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
+        # Recorded once the row is written: when save() returns, and also when
+        # a post_save receiver raised after the INSERT, since the row stays.
+        if not instance._state.adding:
+            if not scope.buffer.fill(using, scope.labels, created_records, plan.where, instance, later):  # type: ignore[union-attr]  # the caller checked
+                dispatch(scope, using, created_records(plan.where, instance, later), (instance,))
 
 
 class InsertPlan(NamedTuple):
@@ -421,24 +414,17 @@ def _save_and_record(
     if before_insert and not waits:
         compute_own_rows([instance], before_insert, using)
     with _reading_ahead(instance, node, scope, using, written, old, later, adding):
+        before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
+        if waits:
+            _intercept(instance, "_save_table", partial(_after_pre_save, instance, before_insert, in_insert, using))
+        else:
+            _own_rows_in_insert(instance, in_insert, using)
         try:
-            if in_insert or waits:
-                before = {spec.field.attname: instance.__dict__.get(spec.field.attname) for spec in in_insert}
-                if waits:
-                    _intercept(
-                        instance, "_save_table", partial(_after_pre_save, instance, before_insert, in_insert, using)
-                    )
-                else:
-                    _own_rows_in_insert(instance, in_insert, using)
-                try:
-                    save(**kwargs)
-                except BaseException:
-                    _release(instance)
-                    instance.__dict__.update(before)
-                    raise
-            else:
-                save(**kwargs)
+            save(**kwargs)
         except BaseException:
+            if in_insert or waits:
+                _release(instance)
+                instance.__dict__.update(before)
             # A post_save receiver raised after the write (for an existing row
             # maybe a pre_save one, before it: recording it then costs only a
             # recompute).  Where the write is kept, the work it leads to is
