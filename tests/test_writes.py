@@ -145,7 +145,6 @@ def test_an_error_in_a_save_inside_your_transaction(signal, call):
     assert Study.objects.get(pk=study.pk).sample_count == len(kept)
 
 
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("mode", ["immediate", "deferred"])
 @pytest.mark.parametrize("form", ["method", "expression"])
